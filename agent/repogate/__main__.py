@@ -1,0 +1,5 @@
+"""`python -m repogate` runs the command-line interface."""
+
+from repogate.cli import main
+
+raise SystemExit(main())

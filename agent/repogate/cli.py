@@ -1,0 +1,190 @@
+"""The command line: parse arguments, call into the package, map errors to exit codes.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from repogate import __version__
+from repogate.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, config_path, load_config
+from repogate.errors import ConfigError, RepogateError
+from repogate.explain import explain, format_explanation
+from repogate.nft.backend import Backend, NftBackend
+from repogate.nft.builders import build_delete_table, transaction
+from repogate.plan import desired_state
+from repogate.reconcile import check_owned, describe, sync
+from repogate.render import render
+from repogate.status import collect_status, format_status
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+BackendFactory = Callable[[], Backend]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"config file (default: ${CONFIG_ENV} or {DEFAULT_CONFIG_PATH})",
+    )
+    parser = argparse.ArgumentParser(
+        prog="repogate",
+        description="Only approved clients reach Bitbucket: nftables allowlists kept in sync.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"repogate {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verbs.add_parser("check", parents=[common], help="validate the config")
+    sync_parser = verbs.add_parser(
+        "sync", parents=[common], help="apply the config to nftables in one transaction"
+    )
+    sync_parser.add_argument(
+        "--dry-run", action="store_true", help="print the plan, change nothing"
+    )
+    sync_parser.add_argument(
+        "--show-transaction",
+        action="store_true",
+        help="also print the libnftables JSON transaction",
+    )
+    verbs.add_parser("render", parents=[common], help="print the owned table in nft syntax")
+    status_parser = verbs.add_parser("status", parents=[common], help="show what is enforced")
+    status_parser.add_argument("--json", action="store_true", help="machine-readable output")
+    explain_parser = verbs.add_parser(
+        "explain", parents=[common], help="may this client reach the destinations, and why"
+    )
+    explain_parser.add_argument("address", metavar="ADDRESS")
+    verbs.add_parser("teardown", parents=[common], help="delete the owned table, nothing else")
+    verbs.add_parser("run", parents=[common], help="run as a daemon (not yet available)")
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    backend_factory: BackendFactory = NftBackend,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    try:
+        config = load_config(config_path(args.config))
+        handler = VERBS[args.verb]
+        return handler(args, config, backend_factory, out)
+    except ConfigError as exc:
+        print(f"repogate: invalid config, nothing was changed:\n{exc}", file=err)
+        return EXIT_USAGE
+    except RepogateError as exc:
+        print(f"repogate: {exc}", file=err)
+        return EXIT_FAILURE
+    except BrokenPipeError:  # `repogate render | head`
+        sys.stderr.close()
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("repogate: interrupted", file=err)
+        return EXIT_FAILURE
+
+
+Handler = Callable[[argparse.Namespace, Config, BackendFactory, TextIO], int]
+
+
+def _check(args: argparse.Namespace, config: Config, _: BackendFactory, out: TextIO) -> int:
+    desired = desired_state(config)
+    entries = sum(len(group) for group in desired.groups.values())
+    print(
+        f"{config.path}: ok: {len(config.clients)} client groups ({entries} entries), "
+        f"{len(config.destinations)} destinations, {len(config.rules)} rules, "
+        f"table inet {config.agent.table}, hooks {', '.join(config.agent.hooks)}",
+        file=out,
+    )
+    return EXIT_OK
+
+
+def _sync(args: argparse.Namespace, config: Config, factory: BackendFactory, out: TextIO) -> int:
+    result = sync(config, factory(), dry_run=args.dry_run)
+    prefix = "would " if args.dry_run and not result.plan.is_empty else ""
+    for line in describe(result.plan, config.agent.table):
+        print(f"{prefix}{line}", file=out)
+    if args.show_transaction and result.commands:
+        print(json.dumps(transaction(result.commands), indent=1), file=out)
+    if result.applied:
+        print(
+            f"applied in one transaction: +{result.plan.elements_added} "
+            f"-{result.plan.elements_deleted} elements in {result.seconds * 1000:.1f} ms",
+            file=out,
+        )
+    return EXIT_OK
+
+
+def _render(args: argparse.Namespace, config: Config, _: BackendFactory, out: TextIO) -> int:
+    out.write(render(desired_state(config)))
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace, config: Config, factory: BackendFactory, out: TextIO) -> int:
+    current = factory().read_table(config.agent.table)
+    status = collect_status(config, current)
+    if args.json:
+        json.dump(status.to_json(), out, indent=2)
+        out.write("\n")
+    else:
+        out.write("\n".join(format_status(status)) + "\n")
+    return EXIT_OK
+
+
+def _explain(args: argparse.Namespace, config: Config, factory: BackendFactory, out: TextIO) -> int:
+    desired = desired_state(config)
+    try:
+        current = factory().read_table(config.agent.table)
+    except RepogateError:
+        current = None  # explain still answers from the config without nftables access
+    try:
+        explanation = explain(config, desired, current, args.address)
+    except ValueError:
+        print(f"repogate: {args.address!r} is not an IP address", file=sys.stderr)
+        return EXIT_USAGE
+    out.write("\n".join(format_explanation(explanation)) + "\n")
+    return EXIT_OK
+
+
+def _teardown(
+    args: argparse.Namespace, config: Config, factory: BackendFactory, out: TextIO
+) -> int:
+    backend = factory()
+    current = backend.read_table(config.agent.table)
+    if current is None:
+        print(f"table inet {config.agent.table}: not present, nothing to do", file=out)
+        return EXIT_OK
+    check_owned(current)
+    backend.apply(build_delete_table(config.agent.table))
+    print(f"table inet {config.agent.table}: deleted", file=out)
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace, config: Config, _: BackendFactory, out: TextIO) -> int:
+    print("repogate: `run` is reserved for the daemon, which is not available yet", file=sys.stderr)
+    return EXIT_USAGE
+
+
+VERBS: dict[str, Handler] = {
+    "check": _check,
+    "sync": _sync,
+    "render": _render,
+    "status": _status,
+    "explain": _explain,
+    "teardown": _teardown,
+    "run": _run,
+}

@@ -1,0 +1,456 @@
+"""Read the TOML config into frozen dataclasses, checking everything up front.
+
+Every problem is collected with its key path (`clients[0].addresses[3]`) and
+raised together as one ConfigError, so an admin fixes a file in one pass and an
+invalid file never changes the kernel.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from repogate.addresses import Entry, InvalidEntryError, parse_entry
+from repogate.errors import ConfigError, ConfigProblem
+
+DEFAULT_CONFIG_PATH = Path("/etc/repogate/repogate.toml")
+CONFIG_ENV = "REPOGATE_CONFIG"
+HOOKS = ("forward", "output")
+MAX_PROBLEMS_PER_LIST = 20
+
+# Group, destination and table names become parts of nft object names.
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+TABLE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+Hook = Literal["forward", "output"]
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    table: str = "repogate"
+    state_dir: Path = Path("/var/lib/repogate")
+    hooks: tuple[Hook, ...] = ("forward",)
+    # The broadest client network accepted, so a stray 0.0.0.0/0 never opens the gate.
+    min_client_prefix_v4: int = 8
+    min_client_prefix_v6: int = 32
+
+
+@dataclass(frozen=True)
+class Destination:
+    name: str
+    entries: tuple[Entry, ...]
+    ports: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class StaticClients:
+    """A client group whose entries are written in the config."""
+
+    name: str
+    entries: tuple[Entry, ...]
+    type: Literal["static"] = "static"
+
+
+ClientGroup = StaticClients
+
+
+@dataclass(frozen=True)
+class Rule:
+    clients: tuple[str, ...]
+    destinations: tuple[str, ...]
+    ports: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One effective permission: members of `group` may reach `destination` on `ports`."""
+
+    group: str
+    destination: str
+    ports: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    agent: AgentConfig
+    destinations: Mapping[str, Destination]
+    clients: tuple[ClientGroup, ...]
+    rules: tuple[Rule, ...] = ()
+    path: Path | None = None
+
+    def group(self, name: str) -> ClientGroup:
+        return next(group for group in self.clients if group.name == name)
+
+    def grants(self) -> tuple[Grant, ...]:
+        """Rules resolved to (group, destination, ports); without rules, all to all."""
+        ports_by_pair: dict[tuple[str, str], set[int]] = {}
+        if not self.rules:
+            for group in self.clients:
+                for destination in self.destinations.values():
+                    ports_by_pair[(group.name, destination.name)] = set(destination.ports)
+        for rule in self.rules:
+            for group_name in rule.clients:
+                for destination_name in rule.destinations:
+                    offered = set(self.destinations[destination_name].ports)
+                    wanted = offered if rule.ports is None else offered & set(rule.ports)
+                    if wanted:
+                        pair = (group_name, destination_name)
+                        ports_by_pair.setdefault(pair, set()).update(wanted)
+        return tuple(
+            Grant(group, destination, tuple(sorted(ports)))
+            for (group, destination), ports in sorted(ports_by_pair.items())
+        )
+
+
+def config_path(explicit: str | None) -> Path:
+    """The config to read: --config, else $REPOGATE_CONFIG, else the default."""
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get(CONFIG_ENV)
+    return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path) -> Config:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError([ConfigProblem("", "file not found")], str(path)) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigProblem("", f"cannot read: {exc}")], str(path)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([ConfigProblem("", f"invalid TOML: {exc}")], str(path)) from exc
+    return parse_config(data, path)
+
+
+def parse_config(data: Mapping[str, Any], path: Path | None = None) -> Config:
+    """Check a decoded TOML document; raise ConfigError listing every problem."""
+    check = _Checker()
+    top = check.table(data, "", {"agent", "destinations", "clients", "rules"})
+    agent = _parse_agent(check, top.get("agent", {}))
+    destinations = _parse_destinations(check, top.get("destinations"))
+    clients = _parse_clients(check, top.get("clients"), agent)
+    rules = _parse_rules(check, top.get("rules", []), destinations, clients)
+    if check.problems:
+        raise ConfigError(check.problems, str(path) if path else "")
+    return Config(agent, destinations, clients, rules, path)
+
+
+def _parse_agent(check: _Checker, raw: object) -> AgentConfig:
+    defaults = AgentConfig()
+    table = check.table(
+        raw,
+        "agent",
+        {"table", "state_dir", "hooks", "min_client_prefix_v4", "min_client_prefix_v6"},
+    )
+    name = check.string(table, "agent", "table", defaults.table)
+    if name and not TABLE_PATTERN.match(name):
+        check.problem(
+            "agent.table",
+            f"{name!r} is not a valid table name (letters, digits, '_' or '-', "
+            "starting with a letter, at most 64)",
+        )
+    state_dir = check.string(table, "agent", "state_dir", str(defaults.state_dir))
+    if state_dir and not state_dir.startswith("/"):
+        check.problem("agent.state_dir", f"{state_dir!r} must be an absolute path")
+    hooks: list[Hook] = []
+    for index, hook in enumerate(check.list_of(table, "agent", "hooks", str, ["forward"])):
+        if hook not in HOOKS:
+            check.problem(f"agent.hooks[{index}]", f"{hook!r} is not one of: {', '.join(HOOKS)}")
+        elif hook in hooks:
+            check.problem(f"agent.hooks[{index}]", f"{hook!r} is listed twice")
+        else:
+            hooks.append("forward" if hook == "forward" else "output")
+    if "hooks" in table and not hooks and not check.problems:
+        check.problem("agent.hooks", "needs at least one hook")
+    prefix_v4 = check.integer(table, "agent", "min_client_prefix_v4", 8, low=0, high=32)
+    prefix_v6 = check.integer(table, "agent", "min_client_prefix_v6", 32, low=0, high=128)
+    return AgentConfig(
+        table=name or defaults.table,
+        state_dir=Path(state_dir or defaults.state_dir),
+        hooks=tuple(hooks) or defaults.hooks,
+        min_client_prefix_v4=prefix_v4,
+        min_client_prefix_v6=prefix_v6,
+    )
+
+
+def _parse_destinations(check: _Checker, raw: object) -> dict[str, Destination]:
+    if raw is None:
+        check.problem("destinations", "at least one destination is required")
+        return {}
+    table = check.table(raw, "destinations", None)
+    destinations: dict[str, Destination] = {}
+    for name, spec in table.items():
+        path = f"destinations.{name}"
+        check.name(path, name)
+        entries_table = check.table(spec, path, {"networks", "ports"}, required={"networks"})
+        entries = tuple(
+            check.entries(entries_table, path, "networks", min_prefix=None, required=True)
+        )
+        ports = check.ports(entries_table, path, "ports", required=True)
+        destinations[name] = Destination(name, entries, tuple(ports or ()))
+    if not table and not check.problems:
+        check.problem("destinations", "at least one destination is required")
+    return destinations
+
+
+def _parse_clients(check: _Checker, raw: object, agent: AgentConfig) -> tuple[ClientGroup, ...]:
+    if raw is None:
+        check.problem("clients", "at least one client group is required")
+        return ()
+    if not isinstance(raw, list):
+        check.problem("clients", "must be an array of tables ([[clients]])")
+        return ()
+    groups: list[ClientGroup] = []
+    seen: dict[str, int] = {}
+    for index, spec in enumerate(raw):
+        path = f"clients[{index}]"
+        if not isinstance(spec, dict):
+            check.problem(path, "must be a table")
+            continue
+        kind = spec.get("type")
+        parser = CLIENT_TYPES.get(kind) if isinstance(kind, str) else None
+        if parser is None:
+            expected = ", ".join(CLIENT_TYPES)
+            check.problem(f"{path}.type", f"{kind!r} is not a client type ({expected})")
+            continue
+        group = parser(check, spec, path, agent)
+        if group is None:
+            continue
+        if group.name in seen:
+            check.problem(
+                f"{path}.name", f"{group.name!r} is already used by clients[{seen[group.name]}]"
+            )
+            continue
+        seen[group.name] = index
+        groups.append(group)
+    if not raw:
+        check.problem("clients", "at least one client group is required")
+    return tuple(groups)
+
+
+def _parse_static(
+    check: _Checker, spec: dict[str, Any], path: str, agent: AgentConfig
+) -> StaticClients | None:
+    table = check.table(spec, path, {"name", "type", "addresses"}, required={"name", "addresses"})
+    name = check.string(table, path, "name", None)
+    if name is not None:
+        check.name(f"{path}.name", name)
+    limits = {4: agent.min_client_prefix_v4, 6: agent.min_client_prefix_v6}
+    entries = check.entries(table, path, "addresses", min_prefix=limits, required=True)
+    if name is None:
+        return None
+    return StaticClients(name=name, entries=tuple(entries))
+
+
+ClientParser = Callable[["_Checker", dict[str, Any], str, AgentConfig], ClientGroup | None]
+CLIENT_TYPES: dict[str, ClientParser] = {"static": _parse_static}
+
+
+def _parse_rules(
+    check: _Checker,
+    raw: object,
+    destinations: Mapping[str, Destination],
+    clients: tuple[ClientGroup, ...],
+) -> tuple[Rule, ...]:
+    if not isinstance(raw, list):
+        check.problem("rules", "must be an array of tables ([[rules]])")
+        return ()
+    group_names = {group.name for group in clients}
+    rules: list[Rule] = []
+    for index, spec in enumerate(raw):
+        path = f"rules[{index}]"
+        table = check.table(
+            spec, path, {"clients", "destinations", "ports"}, required={"clients", "destinations"}
+        )
+        names = {
+            "clients": check.list_of(table, path, "clients", str, []),
+            "destinations": check.list_of(table, path, "destinations", str, []),
+        }
+        known = {"clients": group_names, "destinations": set(destinations)}
+        for key, listed in names.items():
+            for position, name in enumerate(listed):
+                if name not in known[key]:
+                    check.problem(
+                        f"{path}.{key}[{position}]",
+                        f"{name!r} is not a defined {key[:-1].replace('client', 'client group')}"
+                        + _did_you_mean(name, known[key]),
+                    )
+            if key in table and not listed:
+                check.problem(f"{path}.{key}", "must name at least one")
+        ports = check.ports(table, path, "ports", required=False)
+        if ports is not None:
+            offered = {
+                port
+                for name in names["destinations"]
+                if name in destinations
+                for port in destinations[name].ports
+            }
+            for position, port in enumerate(ports):
+                if offered and port not in offered:
+                    check.problem(
+                        f"{path}.ports[{position}]",
+                        f"{port} is not a port of {', '.join(names['destinations'])} "
+                        f"({', '.join(map(str, sorted(offered)))})",
+                    )
+        rules.append(
+            Rule(
+                tuple(names["clients"]),
+                tuple(names["destinations"]),
+                tuple(ports) if ports is not None else None,
+            )
+        )
+    return tuple(rules)
+
+
+def _did_you_mean(word: str, choices: set[str] | frozenset[str]) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@dataclass
+class _Checker:
+    """Typed accessors that record problems instead of raising, so all are reported."""
+
+    problems: list[ConfigProblem] = field(default_factory=list)
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(ConfigProblem(path, message))
+
+    def table(
+        self,
+        raw: object,
+        path: str,
+        allowed: set[str] | None,
+        required: set[str] | frozenset[str] = frozenset(),
+    ) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            self.problem(path, "must be a table")
+            return {}
+        prefix = f"{path}." if path else ""
+        if allowed is not None:
+            for key in raw:
+                if key not in allowed:
+                    self.problem(
+                        f"{prefix}{key}", "unknown key" + _did_you_mean(key, frozenset(allowed))
+                    )
+        for key in sorted(required - raw.keys()):
+            self.problem(f"{prefix}{key}", "is required")
+        return raw
+
+    def name(self, path: str, name: str) -> None:
+        if not NAME_PATTERN.match(name):
+            self.problem(
+                path,
+                f"{name!r} is not a valid name (letters, digits, '_' or '-', "
+                "starting with a letter, at most 32)",
+            )
+
+    def string(self, table: dict[str, Any], path: str, key: str, default: str | None) -> str | None:
+        value = table.get(key, default)
+        if value is not None and not isinstance(value, str):
+            self.problem(f"{path}.{key}", f"must be a string, not {_kind(value)}")
+            return default
+        if isinstance(value, str) and not value:
+            self.problem(f"{path}.{key}", "must not be empty")
+            return default
+        return value
+
+    def integer(
+        self, table: dict[str, Any], path: str, key: str, default: int, *, low: int, high: int
+    ) -> int:
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem(f"{path}.{key}", f"must be an integer, not {_kind(value)}")
+            return default
+        if not low <= value <= high:
+            self.problem(f"{path}.{key}", f"{value} is outside {low}-{high}")
+            return default
+        return value
+
+    def list_of(
+        self, table: dict[str, Any], path: str, key: str, kind: type[str], default: list[str]
+    ) -> list[str]:
+        value = table.get(key, default)
+        if not isinstance(value, list):
+            self.problem(f"{path}.{key}", f"must be a list, not {_kind(value)}")
+            return []
+        good: list[str] = []
+        for index, item in enumerate(value):
+            if isinstance(item, kind):
+                good.append(item)
+            else:
+                self.problem(f"{path}.{key}[{index}]", f"must be a string, not {_kind(item)}")
+        return good
+
+    def ports(
+        self, table: dict[str, Any], path: str, key: str, *, required: bool
+    ) -> list[int] | None:
+        if key not in table:
+            return [] if required else None
+        value = table[key]
+        if not isinstance(value, list) or not value:
+            self.problem(f"{path}.{key}", "must be a non-empty list of port numbers")
+            return []
+        ports: list[int] = []
+        for index, port in enumerate(value):
+            where = f"{path}.{key}[{index}]"
+            if isinstance(port, bool) or not isinstance(port, int):
+                self.problem(where, f"{port!r} is not a port number")
+            elif not 1 <= port <= 65535:
+                self.problem(where, f"{port} is outside 1-65535")
+            elif port in ports:
+                self.problem(where, f"{port} is listed twice")
+            else:
+                ports.append(port)
+        return ports
+
+    def entries(
+        self,
+        table: dict[str, Any],
+        path: str,
+        key: str,
+        *,
+        min_prefix: Mapping[int, int] | None,
+        required: bool,
+    ) -> list[Entry]:
+        if key not in table:
+            return []
+        value = table[key]
+        if not isinstance(value, list):
+            self.problem(f"{path}.{key}", f"must be a list, not {_kind(value)}")
+            return []
+        if required and not value:
+            self.problem(f"{path}.{key}", "must not be empty")
+        entries: list[Entry] = []
+        reported = 0
+        for index, raw in enumerate(value):
+            try:
+                entry = parse_entry(raw)
+            except InvalidEntryError as exc:
+                message = str(exc)
+            else:
+                limit = min_prefix.get(entry.family) if min_prefix else None
+                if limit is None or entry.prefixlen >= limit:
+                    entries.append(entry)
+                    continue
+                setting = f"agent.min_client_prefix_v{entry.family}"
+                message = f"{raw!r} is broader than /{limit} (the limit set by {setting})"
+            reported += 1
+            if reported <= MAX_PROBLEMS_PER_LIST:
+                self.problem(f"{path}.{key}[{index}]", message)
+        if reported > MAX_PROBLEMS_PER_LIST:
+            hidden = reported - MAX_PROBLEMS_PER_LIST
+            self.problem(f"{path}.{key}", f"and {hidden} more invalid entries")
+        return entries
+
+
+def _kind(value: object) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    names.update({list: "a list", dict: "a table"})
+    return names.get(type(value), type(value).__name__)

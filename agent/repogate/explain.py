@@ -1,0 +1,112 @@
+"""Answer "may this client reach Bitbucket, and why?" from the config and the kernel."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from repogate.addresses import canonical_address, contains
+from repogate.config import Config
+from repogate.model import DesiredState, KernelTable
+from repogate.nft import names
+
+KINDS = ("addr", "net")
+
+
+@dataclass(frozen=True)
+class Membership:
+    group: str
+    entry: str
+    set_name: str
+    in_kernel: bool | None  # None: the table is not present
+
+
+@dataclass(frozen=True)
+class Reach:
+    destination: str
+    ports: tuple[int, ...]
+    allowed_ports: tuple[int, ...]
+    via: tuple[Membership, ...]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    address: str
+    memberships: tuple[Membership, ...]
+    reaches: tuple[Reach, ...]
+
+
+def explain(
+    config: Config, desired: DesiredState, current: KernelTable | None, address: str
+) -> Explanation:
+    ip = ipaddress.ip_address(address)  # ValueError for the CLI to report
+    family = ip.version
+    memberships: list[Membership] = []
+    for group_name in desired.groups:
+        for kind in KINDS:
+            set_name = names.client_set(group_name, family, kind)  # type: ignore[arg-type]
+            spec = desired.sets.get(set_name)
+            if spec is None:
+                continue
+            if kind == "addr":
+                found = canonical_address(str(ip))
+                matches = [found[1]] if found and found[1] in spec.elements else []
+            else:
+                matches = [text for text in spec.elements if contains(text, ip)]
+            for entry in sorted(matches):
+                memberships.append(
+                    Membership(group_name, entry, set_name, _in_kernel(current, set_name, entry))
+                )
+    reaches = []
+    for destination in sorted(config.destinations.values(), key=lambda d: d.name):
+        via = []
+        allowed: set[int] = set()
+        for grant in config.grants():
+            if grant.destination != destination.name:
+                continue
+            for membership in memberships:
+                if membership.group == grant.group:
+                    via.append(membership)
+                    allowed.update(grant.ports)
+        reaches.append(
+            Reach(destination.name, destination.ports, tuple(sorted(allowed)), tuple(via))
+        )
+    return Explanation(str(ip), tuple(memberships), tuple(reaches))
+
+
+def _in_kernel(current: KernelTable | None, set_name: str, entry: str) -> bool | None:
+    if current is None:
+        return None
+    kernel_set = current.sets.get(set_name)
+    return kernel_set is not None and entry in kernel_set.elements
+
+
+def format_explanation(explanation: Explanation) -> list[str]:
+    lines = []
+    if not explanation.memberships:
+        lines.append(f"{explanation.address} is in no client group.")
+    for m in explanation.memberships:
+        enforced = {
+            True: "enforced",
+            False: "NOT in the kernel yet (run `repogate sync`)",
+            None: "table not present",
+        }[m.in_kernel]
+        lines.append(
+            f"{explanation.address} is in client group {m.group!r} through entry {m.entry} "
+            f"(set {m.set_name}: {enforced})"
+        )
+    for reach in explanation.reaches:
+        ports = ", ".join(map(str, reach.ports))
+        refused = [p for p in reach.ports if p not in reach.allowed_ports]
+        if reach.allowed_ports:
+            groups = ", ".join(sorted({m.group for m in reach.via}))
+            allowed = ", ".join(map(str, reach.allowed_ports))
+            lines.append(f"  {reach.destination}: allowed on TCP {allowed} via {groups}")
+            if refused:
+                lines.append(
+                    f"  {reach.destination}: refused on TCP {', '.join(map(str, refused))} "
+                    "(no rule grants these ports)"
+                )
+        else:
+            lines.append(f"  {reach.destination}: refused on TCP {ports} (TCP reset)")
+    return lines

@@ -1,0 +1,152 @@
+"""The data that flows from config to kernel: desired state, kernel state, and the plan."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from repogate.addresses import Family, NormalisedEntries
+
+Hook = Literal["forward", "output"]
+
+
+@dataclass(frozen=True)
+class SetSpec:
+    """A set repogate wants, with the elements it should hold (nft's text form)."""
+
+    name: str
+    family: Family
+    interval: bool
+    elements: frozenset[str]
+
+    @property
+    def nft_type(self) -> str:
+        return "ipv4_addr" if self.family == 4 else "ipv6_addr"
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One rule of the gate chain: allow a client set, or deny everyone else."""
+
+    family: Family
+    destination_set: str
+    ports: tuple[int, ...]
+    counter: str
+    client_set: str | None  # None: the deny rule for the destination
+    comment: str
+
+    @property
+    def verdict(self) -> Literal["accept", "reject"]:
+        return "reject" if self.client_set is None else "accept"
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    table: str
+    hooks: tuple[Hook, ...]
+    sets: Mapping[str, SetSpec]
+    counters: tuple[str, ...]
+    rules: tuple[RuleSpec, ...]
+    groups: Mapping[str, NormalisedEntries] = field(default_factory=dict)
+
+    @property
+    def rules_digest(self) -> str:
+        """Fingerprint of chains and rules, stamped into rule comments to detect changes."""
+        shape = {
+            "hooks": list(self.hooks),
+            "rules": [
+                [r.family, r.destination_set, list(r.ports), r.counter, r.client_set]
+                for r in self.rules
+            ],
+        }
+        encoded = json.dumps(shape, sort_keys=True).encode()
+        return hashlib.sha256(encoded).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class KernelSet:
+    name: str
+    nft_type: str
+    interval: bool
+    elements: frozenset[str]
+
+
+@dataclass(frozen=True)
+class KernelChain:
+    name: str
+    hook: str | None
+    chain_type: str | None
+    priority: int | None
+    policy: str | None
+    rule_comments: tuple[str | None, ...]
+
+
+@dataclass(frozen=True)
+class CounterValue:
+    packets: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class KernelTable:
+    """What the kernel holds in the owned table, as far as repogate cares."""
+
+    name: str
+    sets: Mapping[str, KernelSet]
+    chains: Mapping[str, KernelChain]
+    counters: Mapping[str, CounterValue]
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.sets or self.chains or self.counters)
+
+
+@dataclass(frozen=True)
+class SetChange:
+    """Element changes for one set. `replace` flushes and refills it in the same transaction."""
+
+    name: str
+    add: frozenset[str]
+    delete: frozenset[str]
+    replace: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The difference between the kernel and the desired state, as one transaction."""
+
+    create_table: bool = False
+    add_sets: tuple[str, ...] = ()
+    delete_sets: tuple[str, ...] = ()
+    add_counters: tuple[str, ...] = ()
+    delete_counters: tuple[str, ...] = ()
+    add_chains: tuple[str, ...] = ()
+    delete_chains: tuple[str, ...] = ()
+    flush_chains: tuple[str, ...] = ()
+    rewrite_rules: bool = False
+    set_changes: tuple[SetChange, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        return not (
+            self.create_table
+            or self.add_sets
+            or self.delete_sets
+            or self.add_counters
+            or self.delete_counters
+            or self.add_chains
+            or self.delete_chains
+            or self.rewrite_rules
+            or self.set_changes
+        )
+
+    @property
+    def elements_added(self) -> int:
+        return sum(len(change.add) for change in self.set_changes)
+
+    @property
+    def elements_deleted(self) -> int:
+        return sum(len(change.delete) for change in self.set_changes)

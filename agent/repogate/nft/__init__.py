@@ -1,0 +1,1 @@
+"""Everything that speaks nftables: names, pure JSON builders, the kernel backend."""

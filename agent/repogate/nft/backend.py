@@ -1,0 +1,108 @@
+"""The only module that loads libnftables: read the owned table, apply one transaction.
+
+A Backend is a small Protocol so the CLI and tests can hand in the dry-run
+recorder instead of the kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from repogate.errors import NftError, NftPermissionError, NftUnavailableError
+from repogate.model import KernelTable
+from repogate.nft.builders import FAMILY, Json, transaction
+from repogate.nft.parse import parse_table
+
+# libnftables reports failures only as text; this is the one phrase that tells a
+# missing capability apart from a rejected command.
+_EPERM_TEXT = "Operation not permitted"
+
+
+class Backend(Protocol):
+    def read_table(self, table: str) -> KernelTable | None:
+        """The owned table as the kernel holds it, or None if it does not exist."""
+        ...
+
+    def apply(self, commands: list[Json]) -> float:
+        """Run commands as one transaction; return the seconds it took."""
+        ...
+
+
+class NftBackend:
+    """libnftables through Debian's python3-nftables, JSON in and out."""
+
+    def __init__(self, nft: Any = None) -> None:
+        if nft is None:
+            try:
+                import nftables  # noqa: PLC0415 - optional system package, loaded on demand
+            except ImportError as exc:
+                raise NftUnavailableError(
+                    "the libnftables Python bindings are missing: install Debian's "
+                    "python3-nftables and run repogate with /usr/bin/python3 "
+                    "(or a venv made with --system-site-packages)"
+                ) from exc
+            try:
+                nft = nftables.Nftables()
+            except OSError as exc:
+                raise NftUnavailableError(f"cannot load libnftables: {exc}") from exc
+        nft.set_json_output(True)
+        nft.set_handle_output(False)
+        self._nft = nft
+
+    def table_exists(self, table: str) -> bool:
+        listing = self._run({"nftables": [{"list": {"tables": {"family": FAMILY}}}]})
+        return any(
+            item.get("table", {}).get("name") == table
+            and item.get("table", {}).get("family") == FAMILY
+            for item in listing
+        )
+
+    def read_table(self, table: str) -> KernelTable | None:
+        if not self.table_exists(table):
+            return None
+        listing = self._run({"nftables": [{"list": {"table": {"family": FAMILY, "name": table}}}]})
+        return parse_table(table, listing)
+
+    def apply(self, commands: list[Json]) -> float:
+        if not commands:
+            return 0.0
+        started = time.perf_counter()
+        self._run(transaction(commands))
+        return time.perf_counter() - started
+
+    def _run(self, document: Json) -> list[dict[str, Any]]:
+        rc, output, error = self._nft.cmd(json.dumps(document))
+        if rc != 0:
+            message = " ".join(str(error).split()) or f"libnftables returned {rc}"
+            if _EPERM_TEXT in message:
+                raise NftPermissionError(
+                    "nftables refused: operation not permitted (repogate needs root or "
+                    "CAP_NET_ADMIN in this network namespace)"
+                )
+            raise NftError(f"nftables rejected the transaction: {message}")
+        if not output:
+            return []
+        try:
+            items: list[dict[str, Any]] = json.loads(output)["nftables"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise NftError(f"unexpected output from libnftables: {output[:200]!r}") from exc
+        return items
+
+
+@dataclass
+class RecordingBackend:
+    """A dry-run backend: starts from a given table and records transactions."""
+
+    table: KernelTable | None = None
+    transactions: list[list[Json]] = field(default_factory=list)
+
+    def read_table(self, table: str) -> KernelTable | None:
+        return self.table
+
+    def apply(self, commands: list[Json]) -> float:
+        if commands:
+            self.transactions.append(commands)
+        return 0.0

@@ -1,0 +1,143 @@
+"""Pure builders: a Plan and a DesiredState in, libnftables JSON commands out.
+
+Nothing here talks to the kernel, so the whole transaction can be unit-tested and
+printed by `sync --dry-run`. The order of commands inside the one transaction
+matters: rules are flushed before the sets and counters they reference are
+deleted, and element deletes come before adds so collapsed intervals never
+overlap what they replace.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from repogate.model import DesiredState, Plan, RuleSpec, SetChange, SetSpec
+from repogate.nft import names
+from repogate.plan import jump_comment, rule_comment
+
+Json = dict[str, Any]
+FAMILY = "inet"
+JSON_SCHEMA_VERSION = 1
+
+
+def transaction(commands: list[Json]) -> Json:
+    """Wrap commands as one libnftables JSON batch (one kernel transaction)."""
+    return {"nftables": [{"metainfo": {"json_schema_version": JSON_SCHEMA_VERSION}}, *commands]}
+
+
+def build_plan(plan: Plan, desired: DesiredState) -> list[Json]:
+    table = desired.table
+    commands: list[Json] = []
+    if plan.create_table:
+        commands.append({"add": {"table": {"family": FAMILY, "name": table}}})
+    for name in plan.flush_chains:
+        commands.append({"flush": {"chain": _ref(table, name)}})
+    for name in plan.delete_chains:
+        commands.append({"delete": {"chain": _ref(table, name)}})
+    for name in plan.delete_sets:
+        commands.append({"delete": {"set": _ref(table, name)}})
+    for name in plan.delete_counters:
+        commands.append({"delete": {"counter": _ref(table, name)}})
+    for name in plan.add_counters:
+        commands.append({"add": {"counter": _ref(table, name)}})
+    for name in plan.add_sets:
+        commands.append({"add": {"set": build_set(table, desired.sets[name])}})
+    for change in plan.set_changes:
+        commands += build_set_change(table, desired.sets[change.name], change)
+    for name in plan.add_chains:
+        commands.append({"add": {"chain": build_chain(table, name)}})
+    if plan.rewrite_rules:
+        commands += build_rules(desired)
+    return commands
+
+
+def build_set(table: str, spec: SetSpec) -> Json:
+    body: Json = {**_ref(table, spec.name), "type": spec.nft_type}
+    if spec.interval:
+        body["flags"] = ["interval"]
+    return body
+
+
+def build_set_change(table: str, spec: SetSpec, change: SetChange) -> list[Json]:
+    ref = _ref(table, spec.name)
+    commands: list[Json] = []
+    if change.replace:
+        # Flush and refill in the same transaction: no packet ever sees the set empty.
+        commands.append({"flush": {"set": ref}})
+    elif change.delete:
+        commands.append({"delete": {"element": {**ref, "elem": _elements(change.delete)}}})
+    if change.add:
+        commands.append({"add": {"element": {**ref, "elem": _elements(change.add)}}})
+    return commands
+
+
+def build_chain(table: str, name: str) -> Json:
+    chain: Json = _ref(table, name)
+    if name != names.GATE_CHAIN:
+        chain.update({"type": "filter", "hook": name, "prio": 0, "policy": "accept"})
+    return chain
+
+
+def build_rules(desired: DesiredState) -> list[Json]:
+    table = desired.table
+    digest = desired.rules_digest
+    commands: list[Json] = []
+    for rule in desired.rules:
+        commands.append({"add": {"rule": build_rule(table, rule, digest)}})
+    for hook in desired.hooks:
+        jump = {
+            **_chain_ref(table, hook),
+            "expr": [{"jump": {"target": names.GATE_CHAIN}}],
+            "comment": jump_comment(digest),
+        }
+        commands.append({"add": {"rule": jump}})
+    return commands
+
+
+def build_rule(table: str, rule: RuleSpec, digest: str) -> Json:
+    protocol = "ip" if rule.family == 4 else "ip6"
+    expr: list[Json] = []
+    if rule.client_set is not None:
+        expr.append(_match(protocol, "saddr", f"@{rule.client_set}"))
+    expr.append(_match(protocol, "daddr", f"@{rule.destination_set}"))
+    ports: Any = rule.ports[0] if len(rule.ports) == 1 else {"set": list(rule.ports)}
+    expr.append(_match("tcp", "dport", ports))
+    expr.append({"counter": rule.counter})
+    if rule.verdict == "accept":
+        expr.append({"accept": None})
+    else:
+        # A TCP reset makes git fail at once with "connection refused" instead of hanging.
+        expr.append({"reject": {"type": "tcp reset"}})
+    return {
+        **_chain_ref(table, names.GATE_CHAIN),
+        "expr": expr,
+        "comment": rule_comment(rule.comment, digest),
+    }
+
+
+def build_delete_table(table: str) -> list[Json]:
+    return [{"delete": {"table": {"family": FAMILY, "name": table}}}]
+
+
+def _match(protocol: str, field: str, right: Any) -> Json:
+    left = {"payload": {"protocol": protocol, "field": field}}
+    return {"match": {"op": "==", "left": left, "right": right}}
+
+
+def _elements(elements: frozenset[str]) -> list[Any]:
+    return [_element(text) for text in elements]
+
+
+def _element(text: str) -> Any:
+    if "/" in text:
+        address, _, length = text.partition("/")
+        return {"prefix": {"addr": address, "len": int(length)}}
+    return text
+
+
+def _ref(table: str, name: str) -> Json:
+    return {"family": FAMILY, "table": table, "name": name}
+
+
+def _chain_ref(table: str, chain: str) -> Json:
+    return {"family": FAMILY, "table": table, "chain": chain}

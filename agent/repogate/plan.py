@@ -1,0 +1,229 @@
+"""Pure planning: config -> desired state -> the minimal diff against the kernel."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from repogate.addresses import Entry, Family, NormalisedEntries, entry_from_network, normalise
+from repogate.config import Config
+from repogate.model import (
+    DesiredState,
+    KernelChain,
+    KernelTable,
+    Plan,
+    RuleSpec,
+    SetChange,
+    SetSpec,
+)
+from repogate.nft import names
+
+FAMILIES: tuple[Family, ...] = (4, 6)
+
+# Cost model for interval sets, measured with Debian's nft 1.0.6 (docs/benchmarks.md):
+# nft re-walks the whole set for every interval element it deletes (~1 us x set size
+# each), while a flush and refill inside the same transaction costs ~10 us per element.
+DELETE_COST_PER_SET_ELEMENT = 1.0e-6
+REFILL_COST_PER_ELEMENT = 1.0e-5
+
+
+def desired_state(config: Config) -> DesiredState:
+    """The table repogate wants for this config."""
+    sets: dict[str, SetSpec] = {}
+    groups: dict[str, NormalisedEntries] = {}
+    for group in config.clients:
+        entries = normalise(group.entries)
+        groups[group.name] = entries
+        for family in FAMILIES:
+            addresses = entries.addresses_v4 if family == 4 else entries.addresses_v6
+            networks = entries.networks_v4 if family == 4 else entries.networks_v6
+            for kind, elements in (("addr", addresses), ("net", networks)):
+                name = names.client_set(group.name, family, "addr" if kind == "addr" else "net")
+                sets[name] = SetSpec(name, family, kind == "net", elements)
+    counters: list[str] = []
+    rules: list[RuleSpec] = []
+    grants = config.grants()
+    for destination in sorted(config.destinations.values(), key=lambda d: d.name):
+        counters += [
+            names.counter(destination.name, "allowed"),
+            names.counter(destination.name, "denied"),
+        ]
+        collapsed = destination_elements(destination.entries)
+        for family in FAMILIES:
+            dest_set = names.destination_set(destination.name, family)
+            sets[dest_set] = SetSpec(dest_set, family, True, collapsed[family])
+            for grant in grants:
+                if grant.destination != destination.name:
+                    continue
+                for kind in ("addr", "net"):
+                    client_set = names.client_set(grant.group, family, kind)  # type: ignore[arg-type]
+                    rules.append(
+                        RuleSpec(
+                            family=family,
+                            destination_set=dest_set,
+                            ports=grant.ports,
+                            counter=names.counter(destination.name, "allowed"),
+                            client_set=client_set,
+                            comment=f"allow {grant.group} to {destination.name}",
+                        )
+                    )
+            rules.append(
+                RuleSpec(
+                    family=family,
+                    destination_set=dest_set,
+                    ports=destination.ports,
+                    counter=names.counter(destination.name, "denied"),
+                    client_set=None,
+                    comment=f"refuse others to {destination.name}",
+                )
+            )
+    return DesiredState(
+        table=config.agent.table,
+        hooks=config.agent.hooks,
+        sets=sets,
+        counters=tuple(counters),
+        rules=tuple(rules),
+        groups=groups,
+    )
+
+
+def destination_elements(entries: Iterable[Entry]) -> dict[Family, frozenset[str]]:
+    """Addresses and networks of a destination as one collapsed interval set per family.
+
+    An address inside a listed network would overlap it, which nft rejects, so
+    addresses are treated as /32 and /128 networks and collapsed together.
+    """
+    networks: dict[Family, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {4: [], 6: []}
+    for entry in entries:
+        networks[entry.family].append(entry.network)
+    result: dict[Family, frozenset[str]] = {}
+    for family in FAMILIES:
+        collapsed = ipaddress.collapse_addresses(networks[family])  # type: ignore[type-var]
+        result[family] = frozenset(entry_from_network(net).text for net in collapsed)
+    return result
+
+
+def rule_comment(rule_comment_text: str, digest: str) -> str:
+    return f"{rule_comment_text} [{digest}]"
+
+
+def jump_comment(digest: str) -> str:
+    return f"repogate [{digest}]"
+
+
+def expected_rule_comments(desired: DesiredState) -> dict[str, tuple[str, ...]]:
+    """The comments each owned chain should carry, in order, for the desired rules."""
+    digest = desired.rules_digest
+    comments: dict[str, tuple[str, ...]] = {
+        names.GATE_CHAIN: tuple(rule_comment(rule.comment, digest) for rule in desired.rules)
+    }
+    for hook in desired.hooks:
+        comments[hook] = (jump_comment(digest),)
+    return comments
+
+
+def base_chain_matches(chain: KernelChain, hook: str) -> bool:
+    return (
+        chain.hook == hook
+        and chain.chain_type == "filter"
+        and chain.priority == 0
+        and chain.policy == "accept"
+    )
+
+
+def should_replace_interval(current_size: int, desired_size: int, deletions: int) -> bool:
+    """Whether flushing and refilling an interval set beats deleting elements one by one."""
+    if deletions < 2:
+        return False
+    delete_cost = deletions * current_size * DELETE_COST_PER_SET_ELEMENT
+    return delete_cost > desired_size * REFILL_COST_PER_ELEMENT
+
+
+def diff(desired: DesiredState, current: KernelTable | None) -> Plan:
+    """The minimal transaction turning `current` into `desired`.
+
+    Elements change only by element adds and deletes (or a refill inside the same
+    transaction); sets, counters and chains are created or removed only when the
+    config's shape changed, and rules are rewritten only when their fingerprint differs.
+    """
+    wanted_chains = [names.GATE_CHAIN, *desired.hooks]
+    if current is None:
+        return Plan(
+            create_table=True,
+            add_sets=tuple(desired.sets),
+            add_counters=desired.counters,
+            add_chains=tuple(wanted_chains),
+            rewrite_rules=True,
+            set_changes=tuple(
+                SetChange(spec.name, spec.elements, frozenset())
+                for spec in desired.sets.values()
+                if spec.elements
+            ),
+        )
+
+    recreate_sets = {
+        name
+        for name, spec in desired.sets.items()
+        if name in current.sets
+        and (current.sets[name].nft_type, current.sets[name].interval)
+        != (spec.nft_type, spec.interval)
+    }
+    add_sets = [name for name in desired.sets if name not in current.sets or name in recreate_sets]
+    delete_sets = sorted(
+        name for name in current.sets if name not in desired.sets or name in recreate_sets
+    )
+    add_counters = [name for name in desired.counters if name not in current.counters]
+    delete_counters = sorted(set(current.counters) - set(desired.counters))
+
+    recreate_chains: set[str] = {
+        hook
+        for hook in desired.hooks
+        if hook in current.chains and not base_chain_matches(current.chains[hook], hook)
+    }
+    gate = current.chains.get(names.GATE_CHAIN)
+    if gate is not None and gate.hook is not None:
+        recreate_chains.add(names.GATE_CHAIN)
+    add_chains = [
+        name for name in wanted_chains if name not in current.chains or name in recreate_chains
+    ]
+    delete_chains = sorted(
+        name for name in current.chains if name not in wanted_chains or name in recreate_chains
+    )
+
+    expected = expected_rule_comments(desired)
+    rules_differ = any(
+        name not in current.chains or current.chains[name].rule_comments != comments
+        for name, comments in expected.items()
+    )
+    rewrite_rules = bool(rules_differ or delete_sets or delete_counters or add_chains)
+    rewrite_rules = rewrite_rules or bool(delete_chains)
+    flush_chains = tuple(sorted(current.chains)) if rewrite_rules else ()
+
+    changes: list[SetChange] = []
+    for name, spec in desired.sets.items():
+        if name in add_sets:
+            if spec.elements:
+                changes.append(SetChange(name, spec.elements, frozenset()))
+            continue
+        held = current.sets[name].elements
+        to_add = spec.elements - held
+        to_delete = held - spec.elements
+        if not (to_add or to_delete):
+            continue
+        if spec.interval and should_replace_interval(len(held), len(spec.elements), len(to_delete)):
+            changes.append(SetChange(name, spec.elements, to_delete, replace=True))
+        else:
+            changes.append(SetChange(name, to_add, to_delete))
+
+    return Plan(
+        create_table=False,
+        add_sets=tuple(add_sets),
+        delete_sets=tuple(delete_sets),
+        add_counters=tuple(add_counters),
+        delete_counters=tuple(delete_counters),
+        add_chains=tuple(add_chains),
+        delete_chains=tuple(delete_chains),
+        flush_chains=flush_chains,
+        rewrite_rules=rewrite_rules,
+        set_changes=tuple(changes),
+    )

@@ -1,0 +1,64 @@
+"""Render the desired table in nft's own syntax, for `repogate render` and `nft -c -f`."""
+
+from __future__ import annotations
+
+import socket
+
+from repogate.model import DesiredState, RuleSpec, SetSpec
+from repogate.nft import names
+from repogate.nft.builders import FAMILY
+from repogate.plan import jump_comment, rule_comment
+
+
+def render(desired: DesiredState) -> str:
+    digest = desired.rules_digest
+    lines = [f"table {FAMILY} {desired.table} {{"]
+    for counter in desired.counters:
+        lines += [f"\tcounter {counter} {{", "\t}"]
+    for spec in desired.sets.values():
+        lines += _render_set(spec)
+    lines.append(f"\tchain {names.GATE_CHAIN} {{")
+    lines += [f"\t\t{_render_rule(rule, digest)}" for rule in desired.rules]
+    lines.append("\t}")
+    for hook in desired.hooks:
+        lines += [
+            f"\tchain {hook} {{",
+            f"\t\ttype filter hook {hook} priority filter; policy accept;",
+            f'\t\tjump {names.GATE_CHAIN} comment "{jump_comment(digest)}"',
+            "\t}",
+        ]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _render_set(spec: SetSpec) -> list[str]:
+    lines = [f"\tset {spec.name} {{", f"\t\ttype {spec.nft_type}"]
+    if spec.interval:
+        lines.append("\t\tflags interval")
+    if spec.elements:
+        lines.append(f"\t\telements = {{ {', '.join(sorted(spec.elements, key=_order))} }}")
+    lines.append("\t}")
+    return lines
+
+
+def _render_rule(rule: RuleSpec, digest: str) -> str:
+    protocol = "ip" if rule.family == 4 else "ip6"
+    parts = []
+    if rule.client_set is not None:
+        parts.append(f"{protocol} saddr @{rule.client_set}")
+    parts.append(f"{protocol} daddr @{rule.destination_set}")
+    ports = (
+        str(rule.ports[0]) if len(rule.ports) == 1 else f"{{ {', '.join(map(str, rule.ports))} }}"
+    )
+    parts.append(f"tcp dport {ports}")
+    parts.append(f'counter name "{rule.counter}"')
+    parts.append("accept" if rule.verdict == "accept" else "reject with tcp reset")
+    parts.append(f'comment "{rule_comment(rule.comment, digest)}"')
+    return " ".join(parts)
+
+
+def _order(element: str) -> tuple[bytes, int]:
+    """Numeric order, so rendered sets read like the admin's lists."""
+    address, _, length = element.partition("/")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    return socket.inet_pton(family, address), int(length or 0)

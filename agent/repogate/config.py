@@ -120,7 +120,9 @@ def load_config(path: Path) -> Config:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ConfigError([ConfigProblem("", "file not found")], str(path)) from exc
+        raise ConfigError(
+            [ConfigProblem("", f"file not found (use --config PATH or ${CONFIG_ENV})")], str(path)
+        ) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([ConfigProblem("", f"cannot read: {exc}")], str(path)) from exc
     except tomllib.TOMLDecodeError as exc:

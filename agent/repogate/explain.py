@@ -16,9 +16,10 @@ KINDS = ("addr", "net")
 @dataclass(frozen=True)
 class Membership:
     group: str
-    entry: str
+    entry: str  # the normalised element in the set
     set_name: str
     in_kernel: bool | None  # None: the table is not present
+    listed_as: tuple[str, ...] = ()  # the config entries that produced it
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,10 @@ def explain(
                 matches = [found[1]] if found and found[1] in spec.elements else []
             else:
                 matches = [text for text in spec.elements if contains(text, ip)]
+            listed = _listed_as(config, group_name, ip)
             for entry in sorted(matches):
-                memberships.append(
-                    Membership(group_name, entry, set_name, _in_kernel(current, set_name, entry))
-                )
+                in_kernel = _in_kernel(current, set_name, entry)
+                memberships.append(Membership(group_name, entry, set_name, in_kernel, listed))
     reaches = []
     for destination in sorted(config.destinations.values(), key=lambda d: d.name):
         via = []
@@ -72,6 +73,13 @@ def explain(
             Reach(destination.name, destination.ports, tuple(sorted(allowed)), tuple(via))
         )
     return Explanation(str(ip), tuple(memberships), tuple(reaches))
+
+
+def _listed_as(
+    config: Config, group_name: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+) -> tuple[str, ...]:
+    group = config.group(group_name)
+    return tuple(e.text for e in group.entries if e.family == ip.version and contains(e.text, ip))
 
 
 def _in_kernel(current: KernelTable | None, set_name: str, entry: str) -> bool | None:
@@ -91,9 +99,11 @@ def format_explanation(explanation: Explanation) -> list[str]:
             False: "NOT in the kernel yet (run `repogate sync`)",
             None: "table not present",
         }[m.in_kernel]
+        listed = ", ".join(m.listed_as)
+        source = f" (listed as {listed})" if listed and listed != m.entry else ""
         lines.append(
-            f"{explanation.address} is in client group {m.group!r} through entry {m.entry} "
-            f"(set {m.set_name}: {enforced})"
+            f"{explanation.address} is in client group {m.group!r} through entry {m.entry}"
+            f"{source} in set {m.set_name}: {enforced}"
         )
     for reach in explanation.reaches:
         ports = ", ".join(map(str, reach.ports))

@@ -40,8 +40,10 @@ def set_elements(ns: Namespace, name: str) -> set[str]:
             elements = set()
             for element in item["set"].get("elem", []):
                 if isinstance(element, dict) and "prefix" in element:
-                    element = f"{element['prefix']['addr']}/{element['prefix']['len']}"
-                elements.add(element)
+                    prefix = element["prefix"]
+                    elements.add(f"{prefix['addr']}/{prefix['len']}")
+                else:
+                    elements.add(element)
             return elements
     raise AssertionError(f"set {name} not found")
 
@@ -95,7 +97,8 @@ def test_other_tables_are_untouched_by_sync_and_teardown(netns: Namespace) -> No
         "nft",
         "add table inet bystander; add set inet bystander keep { type ipv4_addr; }; "
         "add element inet bystander keep { 192.0.2.1 }; "
-        "add chain inet bystander bychain { type filter hook forward priority -10; policy accept; }; "
+        "add chain inet bystander bychain "
+        "{ type filter hook forward priority -10; policy accept; }; "
         "add rule inet bystander bychain ip saddr @keep counter accept",
     )
     netns.run("nft", "add table ip legacy; add chain ip legacy c; add rule ip legacy c accept")
@@ -195,7 +198,7 @@ def test_output_hook_is_added_and_removed(netns: Namespace) -> None:
 def test_large_interval_change_is_applied_as_one_refill(netns: Namespace) -> None:
     networks = [f'"10.{i // 256}.{i % 256}.0/24"' for i in range(0, 8000, 2)]
     assert netns.repogate("sync", config=config(netns, ", ".join(networks))).returncode == 0
-    fewer = networks[:-500] + ['"172.16.0.0/24"']
+    fewer = [*networks[:-500], '"172.16.0.0/24"']
     result = netns.repogate("sync", config=config(netns, ", ".join(fewer)))
     assert result.returncode == 0, result.stderr
     assert "refill in one transaction" in result.stdout

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -136,3 +136,82 @@ def contains(entry_text: str, address: ipaddress.IPv4Address | ipaddress.IPv6Add
     if "/" in entry_text:
         return address in ipaddress.ip_network(entry_text)
     return ipaddress.ip_address(entry_text) == address
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An entry a source delivered that could not be used, located for the admin."""
+
+    where: str
+    text: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ParsedList:
+    entries: NormalisedEntries
+    accepted: int
+    rejected_count: int
+    rejected_sample: tuple[Rejected, ...]
+
+
+def parse_many(
+    items: Sequence[object],
+    locate: Callable[[int], str],
+    min_prefix: Mapping[int, int] | None = None,
+    sample: int = 10,
+) -> ParsedList:
+    """Parse a source's entries; bad ones are rejected (located by `locate(index)`), not fatal.
+
+    Single addresses skip `Entry` objects entirely: large lists are almost all
+    single addresses, and this path is what keeps a 100k-entry cold load close
+    to raw `nft -f` speed.
+    """
+    addresses: dict[Family, set[str]] = {4: set(), 6: set()}
+    network_entries: list[Entry] = []
+    rejected: list[Rejected] = []
+    rejected_count = 0
+    accepted = 0
+    pton, ntop, af4, af6 = socket.inet_pton, socket.inet_ntop, socket.AF_INET, socket.AF_INET6
+    for index, raw in enumerate(items):
+        if isinstance(raw, str) and "/" not in raw:
+            try:
+                addresses[4].add(ntop(af4, pton(af4, raw)))
+                accepted += 1
+                continue
+            except OSError:
+                pass
+            try:
+                addresses[6].add(ntop(af6, pton(af6, raw)))
+                accepted += 1
+                continue
+            except OSError:
+                pass
+        try:
+            entry = parse_entry(raw)
+        except InvalidEntryError as exc:
+            reason = str(exc)
+        else:
+            limit = min_prefix.get(entry.family) if min_prefix else None
+            if limit is None or entry.prefixlen >= limit:
+                accepted += 1
+                if entry.is_network:
+                    network_entries.append(entry)
+                else:
+                    addresses[entry.family].add(entry.text)
+                continue
+            reason = f"{raw!r} is broader than /{limit}"
+        rejected_count += 1
+        if len(rejected) < sample:
+            rejected.append(Rejected(locate(index), str(raw), reason))
+    networks = normalise(network_entries)
+    entries = NormalisedEntries(
+        addresses_v4=frozenset(addresses[4]),
+        addresses_v6=frozenset(addresses[6]),
+        networks_v4=networks.networks_v4,
+        networks_v6=networks.networks_v6,
+    )
+    return ParsedList(entries, accepted, rejected_count, tuple(rejected))

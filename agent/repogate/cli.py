@@ -17,8 +17,7 @@ from repogate.errors import ConfigError, RepogateError
 from repogate.explain import explain, format_explanation
 from repogate.nft.backend import Backend, NftBackend
 from repogate.nft.builders import build_delete_table, transaction
-from repogate.plan import desired_state
-from repogate.reconcile import check_owned, describe, sync
+from repogate.reconcile import check_owned, describe, describe_sources, gather, sync
 from repogate.render import render
 from repogate.status import collect_status, format_status
 
@@ -102,8 +101,10 @@ Handler = Callable[[argparse.Namespace, Config, BackendFactory, TextIO], int]
 
 
 def _check(args: argparse.Namespace, config: Config, _: BackendFactory, out: TextIO) -> int:
-    desired = desired_state(config)
-    entries = sum(len(group) for group in desired.groups.values())
+    gathered = gather(config, None)
+    entries = sum(len(group) for group in gathered.desired.groups.values())
+    for line in describe_sources(config, gathered.collected):
+        print(f"warning: {line}" if "FAILED" in line else line, file=out)
     print(
         f"{config.path}: ok: {len(config.clients)} client groups ({entries} entries), "
         f"{len(config.destinations)} destinations, {len(config.rules)} rules, "
@@ -115,6 +116,8 @@ def _check(args: argparse.Namespace, config: Config, _: BackendFactory, out: Tex
 
 def _sync(args: argparse.Namespace, config: Config, factory: BackendFactory, out: TextIO) -> int:
     result = sync(config, factory(), dry_run=args.dry_run)
+    for line in describe_sources(config, result.gathered.collected):
+        print(line, file=out)
     prefix = "would " if args.dry_run and not result.plan.is_empty else ""
     for line in describe(result.plan, config.agent.table):
         print(f"{prefix}{line}", file=out)
@@ -126,17 +129,24 @@ def _sync(args: argparse.Namespace, config: Config, factory: BackendFactory, out
             f"-{result.plan.elements_deleted} elements in {result.seconds * 1000:.1f} ms",
             file=out,
         )
+    if result.failures:
+        print(
+            f"repogate: {len(result.failures)} source(s) failed; their groups keep the "
+            "entries enforced now",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     return EXIT_OK
 
 
 def _render(args: argparse.Namespace, config: Config, _: BackendFactory, out: TextIO) -> int:
-    out.write(render(desired_state(config)))
+    out.write(render(gather(config, None).desired))
     return EXIT_OK
 
 
 def _status(args: argparse.Namespace, config: Config, factory: BackendFactory, out: TextIO) -> int:
     current = factory().read_table(config.agent.table)
-    status = collect_status(config, current)
+    status = collect_status(config, gather(config, current))
     if args.json:
         json.dump(status.to_json(), out, indent=2)
         out.write("\n")
@@ -146,11 +156,11 @@ def _status(args: argparse.Namespace, config: Config, factory: BackendFactory, o
 
 
 def _explain(args: argparse.Namespace, config: Config, factory: BackendFactory, out: TextIO) -> int:
-    desired = desired_state(config)
     try:
         current = factory().read_table(config.agent.table)
     except RepogateError:
         current = None  # explain still answers from the config without nftables access
+    desired = gather(config, current).desired
     try:
         explanation = explain(config, desired, current, args.address)
     except ValueError:

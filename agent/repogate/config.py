@@ -40,6 +40,10 @@ class AgentConfig:
     min_client_prefix_v4: int = 8
     min_client_prefix_v6: int = 32
 
+    @property
+    def prefix_limits(self) -> dict[int, int]:
+        return {4: self.min_client_prefix_v4, 6: self.min_client_prefix_v6}
+
 
 @dataclass(frozen=True)
 class Destination:
@@ -57,7 +61,18 @@ class StaticClients:
     type: Literal["static"] = "static"
 
 
-ClientGroup = StaticClients
+@dataclass(frozen=True)
+class FileClients:
+    """A client group read from a local file at every sync (MDM or inventory exports)."""
+
+    name: str
+    path: Path
+    format: Literal["lines", "json"] = "lines"
+    json_path: str | None = None  # dotted key path to the list inside a JSON document
+    type: Literal["file"] = "file"
+
+
+ClientGroup = StaticClients | FileClients
 
 
 @dataclass(frozen=True)
@@ -136,7 +151,8 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> Config:
     top = check.table(data, "", {"agent", "destinations", "clients", "rules"})
     agent = _parse_agent(check, top.get("agent", {}))
     destinations = _parse_destinations(check, top.get("destinations"))
-    clients = _parse_clients(check, top.get("clients"), agent)
+    base = path.parent if path is not None else None
+    clients = _parse_clients(check, top.get("clients"), agent, base)
     rules = _parse_rules(check, top.get("rules", []), destinations, clients)
     if check.problems:
         raise ConfigError(check.problems, str(path) if path else "")
@@ -201,7 +217,9 @@ def _parse_destinations(check: _Checker, raw: object) -> dict[str, Destination]:
     return destinations
 
 
-def _parse_clients(check: _Checker, raw: object, agent: AgentConfig) -> tuple[ClientGroup, ...]:
+def _parse_clients(
+    check: _Checker, raw: object, agent: AgentConfig, base: Path | None
+) -> tuple[ClientGroup, ...]:
     if raw is None:
         check.problem("clients", "at least one client group is required")
         return ()
@@ -221,7 +239,7 @@ def _parse_clients(check: _Checker, raw: object, agent: AgentConfig) -> tuple[Cl
             expected = ", ".join(CLIENT_TYPES)
             check.problem(f"{path}.type", f"{kind!r} is not a client type ({expected})")
             continue
-        group = parser(check, spec, path, agent)
+        group = parser(check, spec, path, agent, base)
         if group is None:
             continue
         if group.name in seen:
@@ -237,21 +255,51 @@ def _parse_clients(check: _Checker, raw: object, agent: AgentConfig) -> tuple[Cl
 
 
 def _parse_static(
-    check: _Checker, spec: dict[str, Any], path: str, agent: AgentConfig
+    check: _Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
 ) -> StaticClients | None:
     table = check.table(spec, path, {"name", "type", "addresses"}, required={"name", "addresses"})
     name = check.string(table, path, "name", None)
     if name is not None:
         check.name(f"{path}.name", name)
-    limits = {4: agent.min_client_prefix_v4, 6: agent.min_client_prefix_v6}
-    entries = check.entries(table, path, "addresses", min_prefix=limits, required=True)
+    entries = check.entries(table, path, "addresses", min_prefix=agent.prefix_limits, required=True)
     if name is None:
         return None
     return StaticClients(name=name, entries=tuple(entries))
 
 
-ClientParser = Callable[["_Checker", dict[str, Any], str, AgentConfig], ClientGroup | None]
-CLIENT_TYPES: dict[str, ClientParser] = {"static": _parse_static}
+def _parse_file(
+    check: _Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
+) -> FileClients | None:
+    table = check.table(
+        spec, path, {"name", "type", "path", "format", "json_path"}, required={"name", "path"}
+    )
+    name = check.string(table, path, "name", None)
+    if name is not None:
+        check.name(f"{path}.name", name)
+    file_path = check.string(table, path, "path", None)
+    list_format = check.string(table, path, "format", "lines")
+    if list_format not in ("lines", "json"):
+        check.problem(f"{path}.format", f"{list_format!r} is not one of: lines, json")
+    json_path = check.string(table, path, "json_path", None)
+    if json_path is not None and list_format != "json":
+        check.problem(f"{path}.json_path", 'only applies with format = "json"')
+    if name is None or file_path is None:
+        return None
+    resolved = Path(file_path)
+    if not resolved.is_absolute() and base is not None:
+        resolved = base / resolved
+    return FileClients(
+        name=name,
+        path=resolved,
+        format="json" if list_format == "json" else "lines",
+        json_path=json_path,
+    )
+
+
+ClientParser = Callable[
+    ["_Checker", dict[str, Any], str, AgentConfig, Path | None], ClientGroup | None
+]
+CLIENT_TYPES: dict[str, ClientParser] = {"static": _parse_static, "file": _parse_file}
 
 
 def _parse_rules(

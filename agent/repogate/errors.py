@@ -5,7 +5,9 @@
     ├── NftError                  libnftables refused or failed (exit 1)
     │   ├── NftUnavailableError   the python3-nftables bindings or libnftables are missing
     │   └── NftPermissionError    no CAP_NET_ADMIN in this network namespace
-    └── NotOwnedTableError        the named table exists but repogate did not create it
+    ├── NotOwnedTableError        the named table exists but repogate did not create it
+    └── SourceError               a client source could not be read or parsed (its group
+                                  keeps what the kernel enforces now)
 
 Third-party errors are translated where they arise (`raise ... from exc`), so the
 rest of the package only ever sees these.
@@ -56,3 +58,7 @@ class NftPermissionError(NftError):
 
 class NotOwnedTableError(RepogateError):
     """A table with the configured name exists but does not carry repogate's marker."""
+
+
+class SourceError(RepogateError):
+    """A source failed as a whole (unreadable, unparsable, too large)."""

@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from repogate.addresses import canonical_address, contains
-from repogate.config import Config
+from repogate.config import Config, StaticClients
 from repogate.model import DesiredState, KernelTable
 from repogate.nft import names
 
@@ -79,6 +79,8 @@ def _listed_as(
     config: Config, group_name: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address
 ) -> tuple[str, ...]:
     group = config.group(group_name)
+    if not isinstance(group, StaticClients):
+        return ()
     return tuple(e.text for e in group.entries if e.family == ip.version and contains(e.text, ip))
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from repogate.addresses import Entry, Family, NormalisedEntries, entry_from_network, normalise
+from repogate.addresses import Entry, Family, NormalisedEntries, entry_from_network
 from repogate.config import Config
 from repogate.model import (
     DesiredState,
@@ -27,12 +27,12 @@ DELETE_COST_PER_SET_ELEMENT = 1.0e-6
 REFILL_COST_PER_ELEMENT = 1.0e-5
 
 
-def desired_state(config: Config) -> DesiredState:
-    """The table repogate wants for this config."""
+def desired_state(config: Config, group_entries: Mapping[str, NormalisedEntries]) -> DesiredState:
+    """The table repogate wants for this config and what its sources returned."""
     sets: dict[str, SetSpec] = {}
     groups: dict[str, NormalisedEntries] = {}
     for group in config.clients:
-        entries = normalise(group.entries)
+        entries = group_entries[group.name]
         groups[group.name] = entries
         for family in FAMILIES:
             addresses = entries.addresses_v4 if family == 4 else entries.addresses_v6
@@ -85,6 +85,18 @@ def desired_state(config: Config) -> DesiredState:
         rules=tuple(rules),
         groups=groups,
     )
+
+
+def enforced_entries(current: KernelTable | None, group: str) -> NormalisedEntries:
+    """What the kernel enforces for a group now: the fallback when its source fails."""
+
+    def held(family: Family, kind: names.SetKind) -> frozenset[str]:
+        if current is None:
+            return frozenset()
+        kernel_set = current.sets.get(names.client_set(group, family, kind))
+        return kernel_set.elements if kernel_set is not None else frozenset()
+
+    return NormalisedEntries(held(4, "addr"), held(6, "addr"), held(4, "net"), held(6, "net"))
 
 
 def destination_elements(entries: Iterable[Entry]) -> dict[Family, frozenset[str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from repogate.config import Config
@@ -11,18 +12,36 @@ from repogate.model import DesiredState, KernelTable, Plan
 from repogate.nft import names
 from repogate.nft.backend import Backend
 from repogate.nft.builders import Json, build_plan
-from repogate.plan import desired_state, diff
+from repogate.plan import desired_state, diff, enforced_entries
+from repogate.sources import Collected, collect
 
 SAMPLE = 5
 
 
 @dataclass(frozen=True)
-class SyncResult:
+class Gathered:
+    """Desired state plus what each source said, computed against the current kernel."""
+
     desired: DesiredState
+    collected: Collected
+    current: KernelTable | None
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    gathered: Gathered
     plan: Plan
     commands: list[Json]
     applied: bool
     seconds: float
+
+    @property
+    def desired(self) -> DesiredState:
+        return self.gathered.desired
+
+    @property
+    def failures(self) -> Mapping[str, str]:
+        return self.gathered.collected.failures
 
 
 def check_owned(current: KernelTable | None) -> None:
@@ -35,16 +54,45 @@ def check_owned(current: KernelTable | None) -> None:
         )
 
 
+def gather(config: Config, current: KernelTable | None) -> Gathered:
+    """Fetch every source; a failed one keeps what the kernel enforces for its group."""
+    collected = collect(config)
+    entries = {name: result.entries for name, result in collected.results.items()}
+    for name in collected.failures:
+        entries[name] = enforced_entries(current, name)
+    return Gathered(desired_state(config, entries), collected, current)
+
+
 def sync(config: Config, backend: Backend, *, dry_run: bool = False) -> SyncResult:
-    desired = desired_state(config)
-    current = backend.read_table(desired.table)
+    current = backend.read_table(config.agent.table)
     check_owned(current)
-    plan = diff(desired, current)
-    commands = build_plan(plan, desired)
+    gathered = gather(config, current)
+    plan = diff(gathered.desired, current)
+    commands = build_plan(plan, gathered.desired)
     if dry_run or plan.is_empty:
-        return SyncResult(desired, plan, commands, False, 0.0)
+        return SyncResult(gathered, plan, commands, False, 0.0)
     seconds = backend.apply(commands)
-    return SyncResult(desired, plan, commands, True, seconds)
+    return SyncResult(gathered, plan, commands, True, seconds)
+
+
+def describe_sources(config: Config, collected: Collected) -> list[str]:
+    """One line per group that is not plain static config: size, rejects, failures."""
+    lines: list[str] = []
+    for group in config.clients:
+        result = collected.results.get(group.name)
+        failure = collected.failures.get(group.name)
+        if failure is not None:
+            lines.append(
+                f"group {group.name} ({group.type}): FAILED: {failure}; "
+                "keeping the entries enforced now"
+            )
+        elif result is not None and (group.type != "static" or result.rejected_count):
+            line = f"group {group.name} ({group.type} {result.origin}): {result.accepted} entries"
+            if result.rejected_count:
+                sample = "; ".join(str(r) for r in result.rejected_sample[:3])
+                line += f", {result.rejected_count} rejected ({sample})"
+            lines.append(line)
+    return lines
 
 
 def describe(plan: Plan, table: str) -> list[str]:

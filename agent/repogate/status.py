@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from repogate.config import Config
-from repogate.model import KernelTable
 from repogate.nft import names
-from repogate.plan import FAMILIES, desired_state, diff
+from repogate.plan import FAMILIES, diff
+from repogate.reconcile import Gathered
 
 KINDS = ("addr", "net")
 
@@ -66,8 +66,9 @@ class Status:
         }
 
 
-def collect_status(config: Config, current: KernelTable | None) -> Status:
-    desired = desired_state(config)
+def collect_status(config: Config, gathered: Gathered) -> Status:
+    desired = gathered.desired
+    current = gathered.current
     plan = diff(desired, current)
     pending = {"add": plan.elements_added, "delete": plan.elements_deleted}
     if current is None:

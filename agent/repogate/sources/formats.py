@@ -1,0 +1,48 @@
+"""Parse list bodies ("lines" or "json") into raw entries with their locations."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from repogate.errors import SourceError
+
+
+@dataclass(frozen=True)
+class RawList:
+    items: list[object]
+    locate: Callable[[int], str]
+
+
+def parse_lines(text: str) -> RawList:
+    """One address or CIDR per line; `#` starts a comment; blank lines are ignored."""
+    items: list[object] = []
+    line_numbers: list[int] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if "#" in line:
+            line = line.split("#", 1)[0]  # noqa: PLW2901 - strip the comment in place
+        line = line.strip()  # noqa: PLW2901
+        if line:
+            items.append(line)
+            line_numbers.append(number)
+    return RawList(items, lambda index: f"line {line_numbers[index]}")
+
+
+def parse_json(text: str, json_path: str | None) -> RawList:
+    """A JSON list, or a list found under a dotted key path (`data.addresses`)."""
+    try:
+        document: Any = json.loads(text)
+    except ValueError as exc:
+        raise SourceError(f"not valid JSON: {exc}") from exc
+    where = "$"
+    for key in json_path.split(".") if json_path else []:
+        if not isinstance(document, dict) or key not in document:
+            raise SourceError(f"JSON has no key {key!r} at {where}")
+        document = document[key]
+        where = f"{where}.{key}"
+    if not isinstance(document, list):
+        raise SourceError(f"JSON at {where} is not a list")
+    items: list[object] = document
+    return RawList(items, lambda index: f"{where}[{index}]")

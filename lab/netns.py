@@ -7,6 +7,7 @@ lab can be replayed by hand.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -60,9 +61,8 @@ def run(
     except FileNotFoundError as exc:
         raise LabError(f"command not found: {argv[0]}") from exc
     if check and proc.returncode != 0:
-        raise LabError(
-            f"exit {proc.returncode}: {' '.join(argv)}\n{proc.stderr.strip() or proc.stdout.strip()}"
-        )
+        detail = proc.stderr.strip() or proc.stdout.strip()
+        raise LabError(f"exit {proc.returncode}: {' '.join(argv)}\n{detail}")
     return proc
 
 
@@ -104,10 +104,8 @@ def delete_netns(name: str) -> None:
     for pid in netns_pids(name):
         if pid == os.getpid():
             continue
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     run([IP, "netns", "del", name])
 
 
@@ -125,10 +123,9 @@ def add_veth(netns_a: str, ifname_a: str, netns_b: str, ifname_b: str) -> None:
     for ifname in (ifname_a, ifname_b):
         if len(ifname) > IFNAME_MAX:
             raise LabError(f"interface name {ifname!r} is longer than {IFNAME_MAX} characters")
-    run(
-        [IP, "link", "add", ifname_a, "netns", netns_a, "type", "veth"]
-        + ["peer", "name", ifname_b, "netns", netns_b]
-    )
+    end_a = [ifname_a, "netns", netns_a]
+    end_b = ["name", ifname_b, "netns", netns_b]
+    run([IP, "link", "add", *end_a, "type", "veth", "peer", *end_b])
 
 
 def link_up(netns: str, ifname: str) -> None:

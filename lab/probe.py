@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import json
 import subprocess
@@ -37,9 +38,7 @@ REFUSED = "refused"
 TIMEOUT = "timeout"
 
 
-async def _probe_one(
-    address: str, port: int, timeout: float, source: str | None
-) -> dict[str, Any]:
+async def _probe_one(address: str, port: int, timeout: float, source: str | None) -> dict[str, Any]:
     started = time.monotonic()
     outcome: dict[str, Any] = {"address": address, "port": port, "banner": ""}
     local = (source, 0) if source else None
@@ -67,10 +66,8 @@ async def _probe_one(
             good = line.startswith(BANNER_PREFIX)
             outcome["result"] = CONNECTED if good else "error:no banner"
         writer.close()
-        try:
+        with contextlib.suppress(OSError):
             await writer.wait_closed()
-        except OSError:
-            pass
     outcome["elapsed"] = round(time.monotonic() - started, 4)
     return outcome
 
@@ -118,6 +115,17 @@ class ProbeResult:
     def connected(self) -> bool:
         """True when the banner of exactly this target was read."""
         return self.result == CONNECTED and self.banner == self.target.banner
+
+
+def format_results(results: Sequence[ProbeResult]) -> str:
+    """One `client source -> target: result (time)` line per result, for assertion messages."""
+    lines = []
+    for r in results:
+        line = f"{r.client} {r.source} -> {r.target.label}: {r.result} ({r.elapsed * 1000:.0f} ms)"
+        if r.banner and not r.connected:
+            line += f" banner {r.banner!r}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 @dataclass

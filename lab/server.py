@@ -9,6 +9,7 @@ and not, say, something answering on the gateway. The program half is stdlib onl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import selectors
 import socket
 import subprocess
@@ -85,10 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", action="append", type=Listener.from_arg, required=True)
     args = parser.parse_args(argv)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         serve(args.listen)
-    except KeyboardInterrupt:
-        return 0
     return 0
 
 

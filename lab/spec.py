@@ -111,6 +111,8 @@ class LabSpec:
     bitbucket_networks: tuple[str, ...]
     bitbucket_ports: tuple[int, ...]
     office_addresses: tuple[str, ...]
+    # Extra vantage points: other addresses in a client namespace, probed with that source.
+    extra_sources: tuple[Client, ...] = ()
 
     def roles(self) -> tuple[str, ...]:
         """Every namespace role, gateway first."""
@@ -129,6 +131,14 @@ class LabSpec:
             if client.role == role:
                 return client
         raise KeyError(f"no client {role!r}")
+
+    def vantages(self) -> list[Client]:
+        """Every client, each followed by its extra sources: what the demo probes from."""
+        ordered: list[Client] = []
+        for client in self.clients:
+            ordered.append(client)
+            ordered += [extra for extra in self.extra_sources if extra.role == client.role]
+        return ordered
 
     def targets(self) -> list[Target]:
         """Every (address, port) some server listens on, in display order."""
@@ -190,4 +200,5 @@ DEFAULT_SPEC = LabSpec(
     bitbucket_networks=("198.51.100.0/24", "2001:db8:bb::/48"),
     bitbucket_ports=(22, 443),
     office_addresses=("10.20.0.0/16", "2001:db8:20::/48", "10.30.0.7"),
+    extra_sources=(Client("bob", "10.30.0.8", None, approved=False),),
 )

@@ -36,7 +36,7 @@ def _emit_table(lines: list[str], path: tuple[str, ...], table: TomlTable) -> No
     # read as belonging to that sub-table.
     nested: list[tuple[str, Any]] = []
     for key, value in table.items():
-        if isinstance(value, Mapping) or _is_table_array(value):
+        if _is_nested(value):
             nested.append((key, value))
         else:
             lines.append(f"{_key(key)} = {_value(value)}")
@@ -44,12 +44,18 @@ def _emit_table(lines: list[str], path: tuple[str, ...], table: TomlTable) -> No
         sub = (*path, key)
         header = ".".join(_key(k) for k in sub)
         if isinstance(value, Mapping):
-            lines += ["", f"[{header}]"]
+            # A table holding only sub-tables needs no header of its own: `[a.b]` implies `a`.
+            if not value or not all(_is_nested(v) for v in value.values()):
+                lines += ["", f"[{header}]"]
             _emit_table(lines, sub, value)
         else:
             for item in value:
                 lines += ["", f"[[{header}]]"]
                 _emit_table(lines, sub, item)
+
+
+def _is_nested(value: object) -> bool:
+    return isinstance(value, Mapping) or _is_table_array(value)
 
 
 def _is_table_array(value: object) -> bool:

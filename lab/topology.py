@@ -33,7 +33,7 @@ from lab.config import BaseConfig, derive, load_shipped, merge, table_name
 from lab.errors import LabError
 from lab.probe import DEFAULT_TIMEOUT, ProbeResult, RunningProbe, start_probe
 from lab.server import Listener, ServerProcess, start_server
-from lab.spec import DEFAULT_SPEC, GATEWAY, LabSpec, Target, reachable_versions
+from lab.spec import DEFAULT_SPEC, GATEWAY, Client, LabSpec, Target, reachable_versions
 from lab.tomlw import dumps
 
 log = logging.getLogger(__name__)
@@ -276,6 +276,8 @@ class Lab:
         """Expand ("bitbucket", 22) into every matching target, ("198.51.100.10", 22) into one.
 
         Names expand only to the IP versions in `versions` (a v4-only client has no v6 route).
+        An address the lab does not serve becomes a Target named `?`, so it can be probed for
+        `refused` or `timeout` but never counts as `connected` (no banner can match).
         """
         resolved: list[Target] = []
         for ref in refs:
@@ -293,7 +295,8 @@ class Lab:
                 if t.port == port and (versions is None or t.version in versions)
             ]
             if not matches:
-                raise KeyError(f"{host} does not listen on port {port}")
+                wanted = "/".join(f"IPv{v}" for v in sorted(versions or {4, 6}))
+                raise KeyError(f"{host} has no {wanted} listener on port {port}")
             resolved += matches
         return resolved
 
@@ -308,11 +311,10 @@ class Lab:
         """Start one probe subprocess in a client namespace (collect() gives the results)."""
         spec_client = self.spec.client(client)
         if source is not None:
-            version = ipaddress.ip_address(source).version
-            versions, sources = {version}, {version: source}
+            versions, sources = {_version(source)}, {_version(source): source}
         else:
             versions = reachable_versions(spec_client)
-            sources = {ipaddress.ip_address(a).version: a for a in spec_client.addresses()}
+            sources = {_version(a): a for a in spec_client.addresses()}
         chosen = self.resolve_targets(
             targets if targets is not None else self.spec.targets(), versions
         )
@@ -341,18 +343,29 @@ class Lab:
 
     def matrix(
         self,
-        clients: Iterable[str] | None = None,
+        clients: Iterable[str | Client] | None = None,
         targets: Iterable[TargetRef] | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> list[ProbeResult]:
-        """Probe every client x target, all clients in parallel (about one timeout in total)."""
-        roles = list(clients) if clients is not None else [c.role for c in self.spec.clients]
+        """Probe every client x target, all clients in parallel (about one timeout in total).
+
+        A client is a role (probed from its own addresses) or a spec Client such as one of
+        `spec.extra_sources` (probed from that address). Default: every `spec.clients` role.
+        """
+        chosen = list(clients) if clients is not None else list(self.spec.clients)
         wanted = list(targets) if targets is not None else None
         running: list[RunningProbe] = []
         try:
-            for role in roles:
-                running.append(self.start_probe(role, wanted, timeout=timeout))
+            for client in chosen:
+                if isinstance(client, str) or client in self.spec.clients:
+                    role = client if isinstance(client, str) else client.role
+                    running.append(self.start_probe(role, wanted, timeout=timeout))
+                else:
+                    source = client.addresses()[0]
+                    running.append(
+                        self.start_probe(client.role, wanted, timeout=timeout, source=source)
+                    )
             return [result for probe in running for result in probe.collect()]
         finally:
             for probe in running:
@@ -365,20 +378,27 @@ class Lab:
     def describe(self) -> str:
         """A few lines showing namespaces, links, addresses and listeners."""
         lines = [f"lab {self.tag}: gateway {self.gw} (forwarding on, no uplink)"]
+        rows = []
         for link in self.spec.links:
             gw_if, peer_if = self._ifnames(link.short)
             gw_side = ", ".join(a for a in (link.gw_v4, link.gw_v6) if a)
             peer_side = ", ".join((*link.v4, *link.v6))
-            lines.append(
-                f"  {self.ns(link.role):<18} {peer_if:<14} {peer_side:<36}"
-                f" <-> {gw_if} {gw_side}"
-            )
+            rows.append((self.ns(link.role), peer_if, peer_side, f"<-> {gw_if} {gw_side}"))
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        for row in rows:
+            cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
+            lines.append("  " + "  ".join([*cells, row[3]]))
         for service in self.spec.services:
             ports = ",".join(str(p) for p in service.ports)
-            kind = "protected" if service.protected else "unprotected"
-            lines.append(f"  listen {service.name:<10} {service.address}:{ports} ({kind})")
+            host = f"[{service.address}]" if ":" in service.address else service.address
+            kind = "protected" if service.protected else "not protected"
+            lines.append(f"  {service.name:<10} listens on {host}:{ports} ({kind})")
         lines.append(f"  config {self.config_path} (from {self.base.source})")
         return "\n".join(lines)
+
+
+def _version(address: str) -> int:
+    return ipaddress.ip_address(address).version
 
 
 def _is_address(text: str) -> bool:

@@ -9,10 +9,12 @@ collapsed: nft rejects overlapping intervals in a set.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Family = Literal[4, 6]
@@ -163,55 +165,75 @@ def parse_many(
     locate: Callable[[int], str],
     min_prefix: Mapping[int, int] | None = None,
     sample: int = 10,
+    *,
+    skip_empty: bool = False,
 ) -> ParsedList:
     """Parse a source's entries; bad ones are rejected (located by `locate(index)`), not fatal.
 
-    Single addresses skip `Entry` objects entirely: large lists are almost all
-    single addresses, and this path is what keeps a 100k-entry cold load close
-    to raw `nft -f` speed.
+    Large lists are mostly IPv4 addresses, so each chunk is first validated in one
+    C-level pass (`inet_pton` accepts only canonical dotted quads, so the text needs
+    no rewriting); only chunks holding anything else take the per-entry path. This
+    keeps a 100k-entry cold load close to raw `nft -f` speed.
     """
-    addresses: dict[Family, set[str]] = {4: set(), 6: set()}
-    network_entries: list[Entry] = []
-    rejected: list[Rejected] = []
-    rejected_count = 0
-    accepted = 0
-    pton, ntop, af4, af6 = socket.inet_pton, socket.inet_ntop, socket.AF_INET, socket.AF_INET6
-    for index, raw in enumerate(items):
-        if isinstance(raw, str) and "/" not in raw:
-            try:
-                addresses[4].add(ntop(af4, pton(af4, raw)))
-                accepted += 1
-                continue
-            except OSError:
-                pass
-            try:
-                addresses[6].add(ntop(af6, pton(af6, raw)))
-                accepted += 1
-                continue
-            except OSError:
-                pass
+    parser = _BulkParser(locate, min_prefix, sample, skip_empty)
+    for start in range(0, len(items), _CHUNK):
+        chunk = items[start : start + _CHUNK]
         try:
-            entry = parse_entry(raw)
-        except InvalidEntryError as exc:
-            reason = str(exc)
+            deque(map(_pton4, chunk), maxlen=0)
+        except (OSError, TypeError):
+            parser.slow(chunk, start)
         else:
-            limit = min_prefix.get(entry.family) if min_prefix else None
-            if limit is None or entry.prefixlen >= limit:
-                accepted += 1
-                if entry.is_network:
-                    network_entries.append(entry)
-                else:
-                    addresses[entry.family].add(entry.text)
+            parser.addresses[4].update(chunk)  # type: ignore[arg-type]
+            parser.accepted += len(chunk)
+    return parser.result()
+
+
+_CHUNK = 512
+_pton4 = functools.partial(socket.inet_pton, socket.AF_INET)
+
+
+@dataclass
+class _BulkParser:
+    locate: Callable[[int], str]
+    min_prefix: Mapping[int, int] | None
+    sample: int
+    skip_empty: bool
+    addresses: dict[Family, set[str]] = field(default_factory=lambda: {4: set(), 6: set()})
+    networks: list[Entry] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    rejected_count: int = 0
+    accepted: int = 0
+
+    def slow(self, chunk: Sequence[object], offset: int) -> None:
+        for index, raw in enumerate(chunk, start=offset):
+            if self.skip_empty and raw == "":
                 continue
-            reason = f"{raw!r} is broader than /{limit}"
-        rejected_count += 1
-        if len(rejected) < sample:
-            rejected.append(Rejected(locate(index), str(raw), reason))
-    networks = normalise(network_entries)
-    entries = NormalisedEntries(
-        addresses_v4=frozenset(addresses[4]),
-        addresses_v6=frozenset(addresses[6]),
-        networks_v4=networks.networks_v4,
-        networks_v6=networks.networks_v6,
-    )
-    return ParsedList(entries, accepted, rejected_count, tuple(rejected))
+            try:
+                entry = parse_entry(raw)
+            except InvalidEntryError as exc:
+                self.reject(index, raw, str(exc))
+                continue
+            limit = self.min_prefix.get(entry.family) if self.min_prefix else None
+            if limit is not None and entry.prefixlen < limit:
+                self.reject(index, raw, f"{raw!r} is broader than /{limit}")
+            elif entry.is_network:
+                self.networks.append(entry)
+                self.accepted += 1
+            else:
+                self.addresses[entry.family].add(entry.text)
+                self.accepted += 1
+
+    def reject(self, index: int, raw: object, reason: str) -> None:
+        self.rejected_count += 1
+        if len(self.rejected) < self.sample:
+            self.rejected.append(Rejected(self.locate(index), str(raw), reason))
+
+    def result(self) -> ParsedList:
+        networks = normalise(self.networks)
+        entries = NormalisedEntries(
+            addresses_v4=frozenset(self.addresses[4]),
+            addresses_v6=frozenset(self.addresses[6]),
+            networks_v4=networks.networks_v4,
+            networks_v6=networks.networks_v6,
+        )
+        return ParsedList(entries, self.accepted, self.rejected_count, tuple(self.rejected))

@@ -7,7 +7,6 @@ invalid file never changes the kernel.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import tomllib
@@ -359,6 +358,8 @@ def _parse_rules(
 
 
 def _did_you_mean(word: str, choices: set[str] | frozenset[str]) -> str:
+    import difflib  # noqa: PLC0415 - only needed when reporting a problem
+
     close = difflib.get_close_matches(word, sorted(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

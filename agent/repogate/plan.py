@@ -8,8 +8,10 @@ from collections.abc import Iterable, Mapping
 from repogate.addresses import Entry, Family, NormalisedEntries, entry_from_network
 from repogate.config import Config
 from repogate.model import (
+    CounterValue,
     DesiredState,
     KernelChain,
+    KernelSet,
     KernelTable,
     Plan,
     RuleSpec,
@@ -21,9 +23,9 @@ from repogate.nft import names
 FAMILIES: tuple[Family, ...] = (4, 6)
 
 # Cost model for interval sets, measured with Debian's nft 1.0.6 (docs/benchmarks.md):
-# nft re-walks the whole set for every interval element it deletes (~1 us x set size
-# each), while a flush and refill inside the same transaction costs ~10 us per element.
-DELETE_COST_PER_SET_ELEMENT = 1.0e-6
+# nft re-walks the whole set for every interval element it deletes (about 0.5 us x set
+# size each), while a flush and refill inside the same transaction costs ~10 us per element.
+DELETE_COST_PER_SET_ELEMENT = 0.5e-6
 REFILL_COST_PER_ELEMENT = 1.0e-5
 
 
@@ -132,6 +134,35 @@ def expected_rule_comments(desired: DesiredState) -> dict[str, tuple[str, ...]]:
     for hook in desired.hooks:
         comments[hook] = (jump_comment(digest),)
     return comments
+
+
+def expected_table(desired: DesiredState) -> KernelTable:
+    """The kernel's table once `desired` is applied: a daemon's model after a commit.
+
+    Diffing against this instead of re-reading the kernel keeps a reconcile's cost
+    proportional to the change, not to the size of the lists.
+    """
+    comments = expected_rule_comments(desired)
+    chains = {
+        name: KernelChain(
+            name=name,
+            hook=None if name == names.GATE_CHAIN else name,
+            chain_type=None if name == names.GATE_CHAIN else "filter",
+            priority=None if name == names.GATE_CHAIN else 0,
+            policy=None if name == names.GATE_CHAIN else "accept",
+            rule_comments=rule_comments,
+        )
+        for name, rule_comments in comments.items()
+    }
+    return KernelTable(
+        name=desired.table,
+        sets={
+            name: KernelSet(name, spec.nft_type, spec.interval, spec.elements)
+            for name, spec in desired.sets.items()
+        },
+        chains=chains,
+        counters={name: CounterValue(0, 0) for name in desired.counters},
+    )
 
 
 def base_chain_matches(chain: KernelChain, hook: str) -> bool:

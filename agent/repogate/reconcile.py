@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -125,6 +126,10 @@ def describe(plan: Plan, table: str) -> list[str]:
 
 
 def _sample(elements: frozenset[str], sign: str) -> str:
-    shown = heapq.nsmallest(SAMPLE, elements)
+    # The smallest few read best; past a thousand, any few will do and cost nothing.
+    if len(elements) <= 1000:
+        shown = heapq.nsmallest(SAMPLE, elements)
+    else:
+        shown = sorted(itertools.islice(elements, SAMPLE))
     more = f" … {len(elements) - SAMPLE} more" if len(elements) > SAMPLE else ""
     return "[" + " ".join(f"{sign}{element}" for element in shown) + more + "]"

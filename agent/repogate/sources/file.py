@@ -34,7 +34,7 @@ class FileSource:
             raw = parse_json(text, self._group.json_path)
         else:
             raw = parse_lines(text)
-        parsed = parse_many(raw.items, raw.locate, self._limits)
+        parsed = parse_many(raw.items, raw.locate, self._limits, skip_empty=raw.skip_empty)
         return SourceResult(
             entries=parsed.entries,
             accepted=parsed.accepted,

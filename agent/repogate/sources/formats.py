@@ -14,20 +14,20 @@ from repogate.errors import SourceError
 class RawList:
     items: list[object]
     locate: Callable[[int], str]
+    skip_empty: bool = False
 
 
 def parse_lines(text: str) -> RawList:
-    """One address or CIDR per line; `#` starts a comment; blank lines are ignored."""
-    items: list[object] = []
-    line_numbers: list[int] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if "#" in line:
-            line = line.split("#", 1)[0]  # noqa: PLW2901 - strip the comment in place
-        line = line.strip()  # noqa: PLW2901
-        if line:
-            items.append(line)
-            line_numbers.append(number)
-    return RawList(items, lambda index: f"line {line_numbers[index]}")
+    """One address or CIDR per line; `#` starts a comment; blank lines are ignored.
+
+    Blank and comment lines stay in place as empty strings (skipped by the parser),
+    so an entry's index is its line number minus one without a lookup table.
+    """
+    lines = text.splitlines()
+    if "#" in text:
+        lines = [line.partition("#")[0] if "#" in line else line for line in lines]
+    items: list[object] = [line.strip() for line in lines]
+    return RawList(items, lambda index: f"line {index + 1}", skip_empty=True)
 
 
 def parse_json(text: str, json_path: str | None) -> RawList:

@@ -1,0 +1,329 @@
+"""repogate benchmarks: each figure is a ratio against a baseline measured in the same run.
+
+Run as root: `make bench`. Every measurement happens in a fresh network namespace,
+so the host's ruleset is never touched. The machines this runs on are noisy, so
+each figure is the median of several runs, and the baselines (raw `nft -f` of the
+same elements, the same change at 10,000 entries) are measured right beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "agent"))
+REPEATS = 5
+
+
+def addresses(count: int, offset: int = 0) -> list[str]:
+    """Distinct single IPv4 addresses in 10.0.0.0/8 (no overlap with the networks)."""
+    return [
+        f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}" for i in range(offset, offset + count)
+    ]
+
+
+def networks(count: int) -> list[str]:
+    """Non-adjacent /24s from 100.0.0.0 up, so nothing collapses: each one is an interval."""
+    return [f"{100 + (i >> 15)}.{(i >> 7) & 255}.{(i * 2) & 255}.0/24" for i in range(count)]
+
+
+def write_config(directory: Path, entries: list[str], name: str = "bench") -> Path:
+    listing = directory / f"{name}.txt"
+    listing.write_text("\n".join(entries) + "\n")
+    config = directory / f"{name}.toml"
+    config.write_text(
+        f"""
+[agent]
+table = "repogate"
+state_dir = "{directory}/state"
+
+[destinations.bitbucket]
+networks = ["198.51.100.0/24", "2001:db8:bb::/48"]
+ports = [22, 443]
+
+[[clients]]
+name = "fleet"
+type = "file"
+path = "{listing}"
+"""
+    )
+    return config
+
+
+@contextmanager
+def namespace() -> Iterator[str]:
+    name = f"rgb{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+def timed(argv: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def repogate_argv(ns: str, *args: str) -> list[str]:
+    return [
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "env",
+        f"PYTHONPATH={REPO / 'agent'}",
+        sys.executable,
+        "-m",
+        "repogate",
+        *args,
+    ]
+
+
+def median_of(run: Callable[[], float], repeats: int = REPEATS) -> float:
+    return statistics.median(run() for _ in range(repeats))
+
+
+def cold_load(work: Path) -> dict[str, float]:
+    """100,000 addresses and 1,000 networks into an empty namespace."""
+    singles, nets = addresses(100_000), networks(1_000)
+    raw = work / "raw.nft"
+    raw.write_text(
+        "table inet raw {\n"
+        f"  set fleet_v4_addr {{ type ipv4_addr; elements = {{ {', '.join(singles)} }} }}\n"
+        f"  set fleet_v4_net {{ type ipv4_addr; flags interval; "
+        f"elements = {{ {', '.join(nets)} }} }}\n"
+        "}\n"
+    )
+    config = write_config(work, singles + nets)
+
+    def raw_once() -> float:
+        with namespace() as ns:
+            return timed(["ip", "netns", "exec", ns, "nft", "-f", str(raw)])
+
+    def repogate_once() -> float:
+        with namespace() as ns:
+            return timed(repogate_argv(ns, "sync", "--config", str(config)))
+
+    # Interleave so drifting machine load hits both alike.
+    raw_times, repogate_times = [], []
+    for _ in range(REPEATS):
+        raw_times.append(raw_once())
+        repogate_times.append(repogate_once())
+    raw_s, repogate_s = statistics.median(raw_times), statistics.median(repogate_times)
+    return {"raw_nft_s": raw_s, "repogate_s": repogate_s, "ratio": repogate_s / raw_s}
+
+
+INNER_CHANGE = r"""
+import json, statistics, sys, time
+from pathlib import Path
+from repogate.config import load_config
+from repogate.nft.backend import NftBackend
+from repogate.nft.builders import build_plan
+from repogate.plan import diff, expected_table
+from repogate.reconcile import gather
+
+config_a, config_b, repeats = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+backend = NftBackend()
+desired = [gather(load_config(c), None).desired for c in (config_a, config_b)]
+backend.apply(build_plan(diff(desired[0], None), desired[0]))
+current = backend.read_table("repogate")  # read once, as the daemon does at start
+reconcile, transaction = [], []
+for i in range(repeats):
+    target = desired[(i + 1) % 2]
+    started = time.perf_counter()
+    plan = diff(target, current)
+    applied = backend.apply(build_plan(plan, target))
+    reconcile.append(time.perf_counter() - started)
+    transaction.append(applied)
+    assert plan.elements_added == 100 and plan.elements_deleted == 100, plan
+    current = expected_table(target)
+final = diff(desired[repeats % 2], backend.read_table("repogate"))
+assert final.is_empty, final  # the model matched the kernel all along
+print(json.dumps({"reconcile_s": statistics.median(reconcile),
+                  "transaction_s": statistics.median(transaction)}))
+"""
+
+
+def change_100(work: Path, size: int) -> dict[str, float]:
+    """Change 100 of `size` addresses: the daemon's reconcile and the CLI's whole sync."""
+    base = addresses(size)
+    changed = base[100:] + addresses(100, offset=size)
+    config_a = write_config(work, base, f"a{size}")
+    config_b = write_config(work, changed, f"b{size}")
+    with namespace() as ns:
+        inner = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "env",
+                f"PYTHONPATH={REPO / 'agent'}",
+                sys.executable,
+                "-c",
+                INNER_CHANGE,
+                str(config_a),
+                str(config_b),
+                str(REPEATS),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        result: dict[str, float] = json.loads(inner.stdout)
+        configs = [config_a, config_b]
+        cli_times = []
+        for i in range(REPEATS):
+            subprocess.run(
+                repogate_argv(ns, "sync", "--config", str(configs[i % 2])),
+                check=True,
+                capture_output=True,
+            )
+            cli_times.append(
+                timed(repogate_argv(ns, "sync", "--config", str(configs[(i + 1) % 2])))
+            )
+        result["cli_sync_s"] = statistics.median(cli_times)
+    return result
+
+
+def peak_rss_mb(work: Path) -> float:
+    """Peak RSS of one `repogate sync` of 100,000 addresses and 1,000 networks."""
+    config = write_config(work, addresses(100_000) + networks(1_000), "rss")
+    with namespace() as ns:
+        probe = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import resource, subprocess, sys\n"
+                "subprocess.run(sys.argv[1:], check=True, capture_output=True)\n"
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
+                *repogate_argv(ns, "sync", "--config", str(config)),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    return int(probe.stdout) / 1024
+
+
+INNER_INTERVAL = r"""
+import json, sys, time
+from repogate.nft.backend import NftBackend
+size, deletes = int(sys.argv[1]), int(sys.argv[2])
+nets = [f"{100 + (i >> 15)}.{(i >> 7) & 255}.{(i * 2) & 255}.0/24" for i in range(size)]
+def elem(n):
+    a, l = n.split("/"); return {"prefix": {"addr": a, "len": int(l)}}
+ref = {"family": "inet", "table": "t", "name": "n"}
+b = NftBackend()
+b.apply([{"add": {"table": {"family": "inet", "name": "t"}}},
+         {"add": {"set": {**ref, "type": "ipv4_addr", "flags": ["interval"]}}},
+         {"add": {"element": {**ref, "elem": [elem(n) for n in nets]}}}])
+t = time.perf_counter()
+b.apply([{"delete": {"element": {**ref, "elem": [elem(n) for n in nets[:deletes]]}}}])
+delete_s = time.perf_counter() - t
+rest = nets[deletes:]
+t = time.perf_counter()
+b.apply([{"flush": {"set": ref}}, {"add": {"element": {**ref, "elem": [elem(n) for n in rest]}}}])
+refill_s = time.perf_counter() - t
+print(json.dumps({"delete_s": delete_s, "refill_s": refill_s}))
+"""
+
+
+def interval_strategy(size: int, deletes: int) -> dict[str, float]:
+    """Element deletes vs flush-and-refill in one transaction, for an interval set."""
+    with namespace() as ns:
+        out = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "env",
+                f"PYTHONPATH={REPO / 'agent'}",
+                sys.executable,
+                "-c",
+                INNER_INTERVAL,
+                str(size),
+                str(deletes),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="skip the interval-set study")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench: needs root (network namespaces and nftables)", file=sys.stderr)
+        return 2
+    nft = subprocess.run(["nft", "--version"], capture_output=True, text=True, check=True)
+    nft_version = nft.stdout
+    print(
+        f"# repogate bench: {nft_version.strip()}, kernel {os.uname().release}, "
+        f"python {sys.version.split()[0]}, median of {REPEATS}"
+    )
+    with tempfile.TemporaryDirectory(prefix="repogate-bench-") as tmp:
+        work = Path(tmp)
+        cold = cold_load(work)
+        print(
+            f"cold load 100,000 addresses + 1,000 networks: repogate {cold['repogate_s']:.3f} s, "
+            f"raw nft -f {cold['raw_nft_s']:.3f} s, ratio {cold['ratio']:.2f} (target <= 1.5)"
+        )
+        small, large = change_100(work, 10_000), change_100(work, 100_000)
+        print(
+            f"change 100 of 100,000 addresses (reconcile: diff + one transaction): "
+            f"{large['reconcile_s'] * 1000:.1f} ms (target <= 50 ms); "
+            f"at 10,000: {small['reconcile_s'] * 1000:.1f} ms; "
+            f"ratio {large['reconcile_s'] / small['reconcile_s']:.2f} (target <= 2)"
+        )
+        print(
+            f"  of which the nft transaction: {large['transaction_s'] * 1000:.1f} ms at 100,000, "
+            f"{small['transaction_s'] * 1000:.1f} ms at 10,000, "
+            f"ratio {large['transaction_s'] / small['transaction_s']:.2f}"
+        )
+        print(
+            f"  whole `repogate sync` command (reads the file and the kernel's 100,000 "
+            f"elements): {large['cli_sync_s']:.3f} s; at 10,000: {small['cli_sync_s']:.3f} s"
+        )
+        print(
+            f"peak RSS of `repogate sync` at 100,000 entries: {peak_rss_mb(work):.0f} MB "
+            "(target <= 150 MB)"
+        )
+        if not args.quick:
+            print("interval set, delete k elements vs flush+refill in one transaction:")
+            for size, deletes in (
+                (1_000, 10),
+                (10_000, 1),
+                (10_000, 10),
+                (10_000, 100),
+                (30_000, 10),
+                (30_000, 100),
+            ):
+                r = interval_strategy(size, deletes)
+                delete_ms, refill_ms = r["delete_s"] * 1000, r["refill_s"] * 1000
+                print(
+                    f"  {size:>6} networks, delete {deletes:>3}: deletes {delete_ms:8.1f} ms, "
+                    f"refill {refill_ms:8.1f} ms, ratio {delete_ms / refill_ms:.2f}"
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,7 +8,7 @@ APT_PACKAGES := nftables python3-nftables python3-venv iproute2 procps
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PIP := $(VENV)/.pip-stamp
 
-.PHONY: all deps venv test lint typecheck unit integration e2e demo bench clean
+.PHONY: all deps venv test lint typecheck unit demo bench deb clean
 
 all: test
 
@@ -50,5 +50,8 @@ demo: deps
 bench: deps
 	$(PY) bench/run.py
 
+deb:
+	packaging/build-deb dist
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info agent/*.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info agent/*.egg-info

@@ -279,6 +279,11 @@ def main() -> int:
         f"# repogate bench: {nft_version.strip()}, kernel {os.uname().release}, "
         f"python {sys.version.split()[0]}, median of {REPEATS}"
     )
+    # Installed, repogate runs from bytecode (the Debian package's postinst compiles
+    # it); measure it that way even where PYTHONDONTWRITEBYTECODE is set.
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(REPO / "agent" / "repogate")], check=True
+    )
     with tempfile.TemporaryDirectory(prefix="repogate-bench-") as tmp:
         work = Path(tmp)
         cold = cold_load(work)

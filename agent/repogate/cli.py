@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TextIO
 
 from repogate import __version__
@@ -27,9 +28,12 @@ BackendFactory = Callable[[], Backend]
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: `repogate --config X sync` and `repogate sync --config X` both work,
+    # without the verb's parser resetting a value given before it.
     common.add_argument(
         "--config",
         metavar="PATH",
+        default=argparse.SUPPRESS,
         help=f"config file (default: ${CONFIG_ENV} or {DEFAULT_CONFIG_PATH})",
     )
     parser = argparse.ArgumentParser(
@@ -77,9 +81,9 @@ def main(
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
         return int(exc.code or 0)
     try:
-        config = load_config(config_path(args.config))
+        config = load_config(config_path(getattr(args, "config", None)))
         handler = VERBS[args.verb]
-        return handler(args, config, backend_factory, out)
+        return handler(Invocation(args, config, backend_factory, out, err))
     except ConfigError as exc:
         print(f"repogate: invalid config, nothing was changed:\n{exc}", file=err)
         return EXIT_USAGE
@@ -87,17 +91,29 @@ def main(
         print(f"repogate: {exc}", file=err)
         return EXIT_FAILURE
     except BrokenPipeError:  # `repogate render | head`
-        sys.stderr.close()
+        err.close()
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("repogate: interrupted", file=err)
         return EXIT_FAILURE
 
 
-Handler = Callable[[argparse.Namespace, Config, BackendFactory, TextIO], int]
+@dataclass(frozen=True)
+class Invocation:
+    """What a verb needs: parsed arguments, the checked config, a backend, and streams."""
+
+    args: argparse.Namespace
+    config: Config
+    backend: BackendFactory
+    out: TextIO
+    err: TextIO
 
 
-def _check(args: argparse.Namespace, config: Config, _: BackendFactory, out: TextIO) -> int:
+Handler = Callable[[Invocation], int]
+
+
+def _check(call: Invocation) -> int:
+    config, out = call.config, call.out
     gathered = gather(config, None)
     entries = sum(len(group) for group in gathered.desired.groups.values())
     for line in describe_sources(config, gathered.collected):
@@ -111,8 +127,9 @@ def _check(args: argparse.Namespace, config: Config, _: BackendFactory, out: Tex
     return EXIT_OK
 
 
-def _sync(args: argparse.Namespace, config: Config, factory: BackendFactory, out: TextIO) -> int:
-    result = sync(config, factory(), dry_run=args.dry_run)
+def _sync(call: Invocation) -> int:
+    args, config, out = call.args, call.config, call.out
+    result = sync(config, call.backend(), dry_run=args.dry_run)
     for line in describe_sources(config, result.gathered.collected):
         print(line, file=out)
     prefix = "would " if args.dry_run and not result.plan.is_empty else ""
@@ -130,7 +147,7 @@ def _sync(args: argparse.Namespace, config: Config, factory: BackendFactory, out
         print(
             f"repogate: {len(result.failures)} source(s) failed; their groups keep the "
             "entries enforced now",
-            file=sys.stderr,
+            file=call.err,
         )
         return EXIT_FAILURE
     return EXIT_OK
@@ -140,17 +157,19 @@ def _sync(args: argparse.Namespace, config: Config, factory: BackendFactory, out
 # part of every `repogate sync`, which the cold-load benchmark holds to raw nft speed.
 
 
-def _render(args: argparse.Namespace, config: Config, _: BackendFactory, out: TextIO) -> int:
+def _render(call: Invocation) -> int:
+    config, out = call.config, call.out
     from repogate.render import render  # noqa: PLC0415 - see above
 
     out.write(render(gather(config, None).desired))
     return EXIT_OK
 
 
-def _status(args: argparse.Namespace, config: Config, factory: BackendFactory, out: TextIO) -> int:
+def _status(call: Invocation) -> int:
+    args, config, out = call.args, call.config, call.out
     from repogate.status import collect_status, format_status  # noqa: PLC0415
 
-    current = factory().read_table(config.agent.table)
+    current = call.backend().read_table(config.agent.table)
     status = collect_status(config, gather(config, current))
     if args.json:
         json.dump(status.to_json(), out, indent=2)
@@ -160,27 +179,27 @@ def _status(args: argparse.Namespace, config: Config, factory: BackendFactory, o
     return EXIT_OK
 
 
-def _explain(args: argparse.Namespace, config: Config, factory: BackendFactory, out: TextIO) -> int:
+def _explain(call: Invocation) -> int:
+    args, config, out = call.args, call.config, call.out
     from repogate.explain import explain, format_explanation  # noqa: PLC0415
 
     try:
-        current = factory().read_table(config.agent.table)
+        current = call.backend().read_table(config.agent.table)
     except RepogateError:
         current = None  # explain still answers from the config without nftables access
     desired = gather(config, current).desired
     try:
         explanation = explain(config, desired, current, args.address)
     except ValueError:
-        print(f"repogate: {args.address!r} is not an IP address", file=sys.stderr)
+        print(f"repogate: {args.address!r} is not an IP address", file=call.err)
         return EXIT_USAGE
     out.write("\n".join(format_explanation(explanation)) + "\n")
     return EXIT_OK
 
 
-def _teardown(
-    args: argparse.Namespace, config: Config, factory: BackendFactory, out: TextIO
-) -> int:
-    backend = factory()
+def _teardown(call: Invocation) -> int:
+    config, out = call.config, call.out
+    backend = call.backend()
     current = backend.read_table(config.agent.table)
     if current is None:
         print(f"table inet {config.agent.table}: not present, nothing to do", file=out)
@@ -191,8 +210,8 @@ def _teardown(
     return EXIT_OK
 
 
-def _run(args: argparse.Namespace, config: Config, _: BackendFactory, out: TextIO) -> int:
-    print("repogate: `run` is reserved for the daemon, which is not available yet", file=sys.stderr)
+def _run(call: Invocation) -> int:
+    print("repogate: `run` is reserved for the daemon, which is not available yet", file=call.err)
     return EXIT_USAGE
 
 

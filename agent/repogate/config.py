@@ -183,7 +183,7 @@ def _parse_agent(check: _Checker, raw: object) -> AgentConfig:
             check.problem(f"agent.hooks[{index}]", f"{hook!r} is listed twice")
         else:
             hooks.append("forward" if hook == "forward" else "output")
-    if "hooks" in table and not hooks and not check.problems:
+    if table.get("hooks") == []:
         check.problem("agent.hooks", "needs at least one hook")
     prefix_v4 = check.integer(table, "agent", "min_client_prefix_v4", 8, low=0, high=32)
     prefix_v6 = check.integer(table, "agent", "min_client_prefix_v6", 32, low=0, high=128)
@@ -205,13 +205,15 @@ def _parse_destinations(check: _Checker, raw: object) -> dict[str, Destination]:
     for name, spec in table.items():
         path = f"destinations.{name}"
         check.name(path, name)
-        entries_table = check.table(spec, path, {"networks", "ports"}, required={"networks"})
+        entries_table = check.table(
+            spec, path, {"networks", "ports"}, required={"networks", "ports"}
+        )
         entries = tuple(
             check.entries(entries_table, path, "networks", min_prefix=None, required=True)
         )
         ports = check.ports(entries_table, path, "ports", required=True)
         destinations[name] = Destination(name, entries, tuple(ports or ()))
-    if not table and not check.problems:
+    if isinstance(raw, dict) and not raw:
         check.problem("destinations", "at least one destination is required")
     return destinations
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 
-from repogate.addresses import Entry, Family, NormalisedEntries, entry_from_network
+from repogate.addresses import Entry, Family, NormalisedEntries, collapse
 from repogate.config import Config
 from repogate.model import (
     CounterValue,
@@ -107,14 +106,13 @@ def destination_elements(entries: Iterable[Entry]) -> dict[Family, frozenset[str
     An address inside a listed network would overlap it, which nft rejects, so
     addresses are treated as /32 and /128 networks and collapsed together.
     """
-    networks: dict[Family, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {4: [], 6: []}
+    blocks: dict[Family, list[tuple[int, int]]] = {4: [], 6: []}
     for entry in entries:
-        networks[entry.family].append(entry.network)
-    result: dict[Family, frozenset[str]] = {}
-    for family in FAMILIES:
-        collapsed = ipaddress.collapse_addresses(networks[family])  # type: ignore[type-var]
-        result[family] = frozenset(entry_from_network(net).text for net in collapsed)
-    return result
+        blocks[entry.family].append((entry.start, entry.prefixlen))
+    return {
+        family: frozenset(entry.text for entry in collapse(family, blocks[family]))
+        for family in FAMILIES
+    }
 
 
 def rule_comment(rule_comment_text: str, digest: str) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import random
+import re
 
 import pytest
 
@@ -15,6 +17,7 @@ from repogate.addresses import (
     normalise,
     parse_entry,
 )
+from repogate.plan import destination_elements
 
 
 @pytest.mark.parametrize(
@@ -182,3 +185,69 @@ def test_contains() -> None:
     assert not contains("10.0.0.5", ip("10.0.0.6"))
     assert contains("2001:db8::/32", ip("2001:db8:ffff::1"))
     assert not contains("2001:db8::/32", ip("10.0.0.1"))
+
+
+# --- collapsing agrees with the standard library on many random lists ---
+
+
+def _random_networks(rng: random.Random, family: int, count: int) -> list[str]:
+    """Networks crowded into a small space, so overlaps and neighbours are common."""
+    maxlen = 32 if family == 4 else 128
+    base = int(ipaddress.ip_address("10.0.0.0" if family == 4 else "2001:db8::"))
+    texts = []
+    for _ in range(count):
+        length = rng.randint(maxlen - 12, maxlen)
+        start = base + (rng.randrange(1 << 12) >> (maxlen - length) << (maxlen - length))
+        texts.append(str(ipaddress.ip_network((start, length))))
+    return texts
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_collapse_matches_ipaddress(family: int) -> None:
+    rng = random.Random(family)
+    for _ in range(200):
+        texts = _random_networks(rng, family, rng.randint(1, 25))
+        result = normalise(parse_entry(text) for text in texts)
+        networks = [ipaddress.ip_network(t) for t in texts]
+        got_networks = result.networks_v4 if family == 4 else result.networks_v6
+        got_addresses = result.addresses_v4 if family == 4 else result.addresses_v6
+        # /32 and /128 entries stay in the address sets, everything else is collapsed.
+        wider = [n for n in networks if n.prefixlen < n.max_prefixlen]
+        assert got_networks == {str(n) for n in ipaddress.collapse_addresses(wider)}, texts
+        assert got_addresses == {
+            str(n.network_address) for n in networks if n.prefixlen == n.max_prefixlen
+        }
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_destination_elements_match_ipaddress(family: int) -> None:
+    rng = random.Random(100 + family)
+    for _ in range(200):
+        texts = _random_networks(rng, family, rng.randint(1, 25))
+        entries = [parse_entry(text) for text in texts]
+        expected = {
+            entry_from_network(n).text
+            for n in ipaddress.collapse_addresses(ipaddress.ip_network(t) for t in texts)
+        }
+        assert destination_elements(entries)[family] == expected, texts  # type: ignore[index]
+
+
+def test_parse_entry_host_bits_match_ipaddress() -> None:
+    rng = random.Random(7)
+    for _ in range(500):
+        family = rng.choice([4, 6])
+        maxlen = 32 if family == 4 else 128
+        value = rng.getrandbits(maxlen)
+        length = rng.randint(0, maxlen)
+        address = ipaddress.ip_address(value) if family == 4 else ipaddress.IPv6Address(value)
+        text = f"{address}/{length}"
+        try:
+            strict = ipaddress.ip_network(text)
+        except ValueError:
+            suggestion = ipaddress.ip_network(text, strict=False)
+            with pytest.raises(
+                InvalidEntryError, match=re.escape(f"(did you mean '{suggestion}'?)")
+            ):
+                parse_entry(text)
+        else:
+            assert parse_entry(text) == entry_from_network(strict)

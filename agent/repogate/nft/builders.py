@@ -65,9 +65,10 @@ def build_set_change(table: str, spec: SetSpec, change: SetChange) -> list[Json]
         # Flush and refill in the same transaction: no packet ever sees the set empty.
         commands.append({"flush": {"set": ref}})
     elif change.delete:
-        commands.append({"delete": {"element": {**ref, "elem": _elements(change.delete)}}})
+        elements = _elements(change.delete, spec.interval)
+        commands.append({"delete": {"element": {**ref, "elem": elements}}})
     if change.add:
-        commands.append({"add": {"element": {**ref, "elem": _elements(change.add)}}})
+        commands.append({"add": {"element": {**ref, "elem": _elements(change.add, spec.interval)}}})
     return commands
 
 
@@ -124,7 +125,9 @@ def _match(protocol: str, field: str, right: Any) -> Json:
     return {"match": {"op": "==", "left": left, "right": right}}
 
 
-def _elements(elements: frozenset[str]) -> list[Any]:
+def _elements(elements: frozenset[str], interval: bool) -> list[Any]:
+    if not interval:  # hash sets hold single addresses: nft takes the text as it is
+        return list(elements)
     return [_element(text) for text in elements]
 
 
@@ -132,6 +135,9 @@ def _element(text: str) -> Any:
     if "/" in text:
         address, _, length = text.partition("/")
         return {"prefix": {"addr": address, "len": int(length)}}
+    if "-" in text:  # a range someone added by hand, listed by nft.parse as "low-high"
+        low, _, high = text.partition("-")
+        return {"range": [low, high]}
     return text
 
 

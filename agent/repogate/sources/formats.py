@@ -26,7 +26,7 @@ def parse_lines(text: str) -> RawList:
     lines = text.splitlines()
     if "#" in text:
         lines = [line.partition("#")[0] if "#" in line else line for line in lines]
-    items: list[object] = [line.strip() for line in lines]
+    items: list[object] = list(map(str.strip, lines))
     return RawList(items, lambda index: f"line {index + 1}", skip_empty=True)
 
 

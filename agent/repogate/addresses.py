@@ -54,16 +54,26 @@ _AF: dict[int, socket.AddressFamily] = {4: socket.AF_INET, 6: socket.AF_INET6}
 _MAXLEN: dict[int, int] = {4: 32, 6: 128}
 
 
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
 def canonical_address(text: str) -> tuple[Family, str] | None:
-    """Return the family and nft's text form of a single address, or None if it is not one."""
+    """Return the family and nft's text form of a single address, or None if it is not one.
+
+    An IPv4-mapped IPv6 address (::ffff:10.0.0.1) is the IPv4 address it names:
+    such addresses never appear on the wire, so in an IPv6 set they would match nothing.
+    """
     try:
         return 4, socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text))
     except OSError:
         pass
     try:
-        return 6, socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, text))
+        packed = socket.inet_pton(socket.AF_INET6, text)
     except OSError:
         return None
+    if packed[:12] == _V4_MAPPED:
+        return 4, socket.inet_ntop(socket.AF_INET, packed[12:])
+    return 6, socket.inet_ntop(socket.AF_INET6, packed)
 
 
 def address_text(family: int, value: int) -> str:
@@ -89,11 +99,15 @@ def parse_entry(raw: object) -> Entry:
     found = canonical_address(address_part)
     if found is None or not length_part.isdigit() or length_part != str(int(length_part)):
         raise InvalidEntryError(f"{raw!r} is not an IP address or network")
-    family = found[0]
+    family, canonical = found
     prefixlen, maxlen = int(length_part), _MAXLEN[family]
+    if family == 4 and ":" in address_part:  # IPv4-mapped: ::ffff:10.0.0.0/120
+        prefixlen -= 96
+        if prefixlen < 0:
+            raise InvalidEntryError(f"{raw!r} is broader than the IPv4-mapped range")
     if prefixlen > maxlen:
         raise InvalidEntryError(f"{raw!r} is not an IP address or network")
-    value = int.from_bytes(socket.inet_pton(_AF[family], address_part))
+    value = int.from_bytes(socket.inet_pton(_AF[family], canonical))
     host_mask = (1 << (maxlen - prefixlen)) - 1
     if value & host_mask:
         suggested = f"{address_text(family, value & ~host_mask)}/{prefixlen}"

@@ -21,11 +21,14 @@ from repogate.errors import ConfigError, ConfigProblem
 DEFAULT_CONFIG_PATH = Path("/etc/repogate/repogate.toml")
 CONFIG_ENV = "REPOGATE_CONFIG"
 HOOKS = ("forward", "output")
+# A destination broader than this is almost surely a typo (0.0.0.0/0 would reset every
+# unapproved SSH and HTTPS connection through the host).
+DESTINATION_PREFIX_LIMITS = {4: 8, 6: 16}
 MAX_PROBLEMS_PER_LIST = 20
 
 # Group, destination and table names become parts of nft object names.
-NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
-TABLE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+TABLE_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 
 Hook = Literal["forward", "output"]
 
@@ -166,7 +169,7 @@ def _parse_agent(check: _Checker, raw: object) -> AgentConfig:
         {"table", "state_dir", "hooks", "min_client_prefix_v4", "min_client_prefix_v6"},
     )
     name = check.string(table, "agent", "table", defaults.table)
-    if name and not TABLE_PATTERN.match(name):
+    if name and not TABLE_PATTERN.fullmatch(name):
         check.problem(
             "agent.table",
             f"{name!r} is not a valid table name (letters, digits, '_' or '-', "
@@ -209,7 +212,14 @@ def _parse_destinations(check: _Checker, raw: object) -> dict[str, Destination]:
             spec, path, {"networks", "ports"}, required={"networks", "ports"}
         )
         entries = tuple(
-            check.entries(entries_table, path, "networks", min_prefix=None, required=True)
+            check.entries(
+                entries_table,
+                path,
+                "networks",
+                min_prefix=DESTINATION_PREFIX_LIMITS,
+                required=True,
+                limit_reason="a destination this broad would gate unrelated traffic",
+            )
         )
         ports = check.ports(entries_table, path, "ports", required=True)
         destinations[name] = Destination(name, entries, tuple(ports or ()))
@@ -238,7 +248,10 @@ def _parse_clients(
         parser = CLIENT_TYPES.get(kind) if isinstance(kind, str) else None
         if parser is None:
             expected = ", ".join(CLIENT_TYPES)
-            check.problem(f"{path}.type", f"{kind!r} is not a client type ({expected})")
+            if kind is None:
+                check.problem(f"{path}.type", f"is required (one of: {expected})")
+            else:
+                check.problem(f"{path}.type", f"{kind!r} is not a client type ({expected})")
             continue
         group = parser(check, spec, path, agent, base)
         if group is None:
@@ -397,7 +410,7 @@ class _Checker:
         return raw
 
     def name(self, path: str, name: str) -> None:
-        if not NAME_PATTERN.match(name):
+        if not NAME_PATTERN.fullmatch(name):
             self.problem(
                 path,
                 f"{name!r} is not a valid name (letters, digits, '_' or '-', "
@@ -471,6 +484,7 @@ class _Checker:
         *,
         min_prefix: Mapping[int, int] | None,
         required: bool,
+        limit_reason: str | None = None,
     ) -> list[Entry]:
         if key not in table:
             return []
@@ -492,8 +506,8 @@ class _Checker:
                 if limit is None or entry.prefixlen >= limit:
                     entries.append(entry)
                     continue
-                setting = f"agent.min_client_prefix_v{entry.family}"
-                message = f"{raw!r} is broader than /{limit} (the limit set by {setting})"
+                setting = f"the limit set by agent.min_client_prefix_v{entry.family}"
+                message = f"{raw!r} is broader than /{limit} ({limit_reason or setting})"
             reported += 1
             if reported <= MAX_PROBLEMS_PER_LIST:
                 self.problem(f"{path}.{key}[{index}]", message)

@@ -106,7 +106,11 @@ class KernelTable:
 
 @dataclass(frozen=True)
 class SetChange:
-    """Element changes for one set. `replace` flushes and refills it in the same transaction."""
+    """Element changes for one set: `add` and `delete` are the true difference.
+
+    With `replace`, the builder flushes the set and writes its whole desired content
+    in the same transaction instead of deleting elements one by one.
+    """
 
     name: str
     add: frozenset[str]

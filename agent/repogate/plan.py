@@ -252,7 +252,7 @@ def diff(desired: DesiredState, current: KernelTable | None) -> Plan:
         if not (to_add or to_delete):
             continue
         if spec.interval and should_replace_interval(len(held), len(spec.elements), len(to_delete)):
-            changes.append(SetChange(name, spec.elements, to_delete, replace=True))
+            changes.append(SetChange(name, to_add, to_delete, replace=True))
         else:
             changes.append(SetChange(name, to_add, to_delete))
 

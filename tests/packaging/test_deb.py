@@ -42,9 +42,7 @@ def test_control_fields_name_the_real_dependencies(deb: Path) -> None:
         assert dependency in depends
 
 
-def test_contents_are_owned_by_root_and_the_config_is_a_conffile(
-    deb: Path, tmp_path: Path
-) -> None:
+def test_contents_are_owned_by_root_and_the_config_is_a_conffile(deb: Path, tmp_path: Path) -> None:
     listing = subprocess.run(
         ["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True, check=True
     ).stdout

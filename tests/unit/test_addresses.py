@@ -34,7 +34,7 @@ from repogate.plan import destination_elements
         # nft prints IPv6 lower-case and compressed; desired elements must match that text.
         ("2001:0DB8:0000:0000:0000:0000:0000:0001", Entry(6, "2001:db8::1", False, 128)),
         ("2001:DB8:0:0:1::/80", Entry(6, "2001:db8:0:0:1::/80", True, 80)),
-        ("::ffff:10.0.0.1", Entry(6, "::ffff:10.0.0.1", False, 128)),
+        ("::ffff:10.0.0.1", Entry(4, "10.0.0.1", False, 32)),  # IPv4-mapped is IPv4
     ],
 )
 def test_parse_entry_normalises(raw: str, expected: Entry) -> None:

@@ -198,11 +198,6 @@ def test_invalid_group_names(config_dict: dict[str, Any], name: str) -> None:
     assert found[0].startswith("clients[0].name: ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: NAME_PATTERN and TABLE_PATTERN end in `$`, which also matches before a "
-    "trailing newline, so 'office\\n' is accepted and nft gets set names with a newline",
-)
 @pytest.mark.parametrize(
     ("edit", "path"),
     [
@@ -312,9 +307,23 @@ def test_lowered_limit_still_refuses_everything(config_dict: dict[str, Any]) -> 
     ]
 
 
-def test_limits_do_not_apply_to_destinations(config_dict: dict[str, Any]) -> None:
-    config_dict["destinations"]["bitbucket"]["networks"] = ["104.0.0.0/6"]
-    assert parse_config(config_dict).destinations["bitbucket"].entries[0].prefixlen == 6
+def test_client_limits_do_not_apply_to_destinations(config_dict: dict[str, Any]) -> None:
+    config_dict["agent"] = {"min_client_prefix_v4": 16}
+    config_dict["destinations"]["bitbucket"]["networks"] = ["104.0.0.0/8"]
+    assert parse_config(config_dict).destinations["bitbucket"].entries[0].prefixlen == 8
+
+
+@pytest.mark.parametrize("network", ["0.0.0.0/0", "104.0.0.0/6", "::/0", "2400::/12"])
+def test_destinations_broader_than_a_typo_limit_are_refused(
+    config_dict: dict[str, Any], network: str
+) -> None:
+    config_dict["destinations"]["bitbucket"]["networks"] = [network]
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config_dict)
+    assert str(caught.value) == (
+        f"destinations.bitbucket.networks[0]: {network!r} is broader than "
+        f"/{8 if '.' in network else 16} (a destination this broad would gate unrelated traffic)"
+    )
 
 
 @pytest.mark.parametrize(

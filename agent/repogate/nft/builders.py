@@ -64,7 +64,10 @@ def build_set_change(table: str, spec: SetSpec, change: SetChange) -> list[Json]
     if change.replace:
         # Flush and refill in the same transaction: no packet ever sees the set empty.
         commands.append({"flush": {"set": ref}})
-    elif change.delete:
+        if spec.elements:
+            commands.append({"add": {"element": {**ref, "elem": _elements(spec.elements, True)}}})
+        return commands
+    if change.delete:
         elements = _elements(change.delete, spec.interval)
         commands.append({"delete": {"element": {**ref, "elem": elements}}})
     if change.add:

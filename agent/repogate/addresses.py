@@ -187,6 +187,18 @@ def normalise(entries: Iterable[Entry]) -> NormalisedEntries:
     )
 
 
+def element_order(element: str) -> tuple[int, bytes, int]:
+    """Numeric order for element texts (addresses, CIDRs, ranges): IPv4 before IPv6."""
+    address = element.partition("/")[0].partition("-")[0]
+    length = element.partition("/")[2]
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        packed = socket.inet_pton(family, address)
+    except OSError:
+        return (2, element.encode(), 0)
+    return (0 if family == socket.AF_INET else 1, packed, int(length or 0))
+
+
 def contains(entry_text: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Whether a normalised entry (address or network) covers `address`."""
     if "/" in entry_text:

@@ -35,6 +35,9 @@ class Explanation:
     address: str
     memberships: tuple[Membership, ...]
     reaches: tuple[Reach, ...]
+    # Kernel set elements admitting the address that the config no longer wants:
+    # what a security team needs to see between an edit and the next sync.
+    kernel_only: tuple[tuple[str, str], ...] = ()
 
 
 def explain(
@@ -72,7 +75,39 @@ def explain(
         reaches.append(
             Reach(destination.name, destination.ports, tuple(sorted(allowed)), tuple(via))
         )
-    return Explanation(str(ip), tuple(memberships), tuple(reaches))
+    wanted = {(m.set_name, m.entry) for m in memberships}
+    kernel_only = tuple(
+        (set_name, entry)
+        for set_name, entry in _kernel_matches(current, ip)
+        if (set_name, entry) not in wanted
+    )
+    return Explanation(str(ip), tuple(memberships), tuple(reaches), kernel_only)
+
+
+def _kernel_matches(
+    current: KernelTable | None, ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+) -> list[tuple[str, str]]:
+    if current is None:
+        return []
+    found = canonical_address(str(ip))
+    text = found[1] if found else str(ip)
+    matches = []
+    for name, kernel_set in sorted(current.sets.items()):
+        if not name.startswith("client_"):
+            continue
+        if kernel_set.interval:
+            hits = [e for e in kernel_set.elements if "-" not in e and _covers(e, ip)]
+        else:
+            hits = [text] if text in kernel_set.elements else []
+        matches += [(name, hit) for hit in sorted(hits)]
+    return matches
+
+
+def _covers(element: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    try:
+        return contains(element, ip)
+    except (ValueError, TypeError):
+        return False
 
 
 def _listed_as(
@@ -106,6 +141,11 @@ def format_explanation(explanation: Explanation) -> list[str]:
         lines.append(
             f"{explanation.address} is in client group {m.group!r} through entry {m.entry}"
             f"{source} in set {m.set_name}: {enforced}"
+        )
+    for set_name, entry in explanation.kernel_only:
+        lines.append(
+            f"{explanation.address} is still admitted by the kernel through entry {entry} "
+            f"in set {set_name}, which the config no longer wants: run `repogate sync`"
         )
     for reach in explanation.reaches:
         ports = ", ".join(map(str, reach.ports))

@@ -98,10 +98,12 @@ class KernelTable:
     sets: Mapping[str, KernelSet]
     chains: Mapping[str, KernelChain]
     counters: Mapping[str, CounterValue]
+    # Objects of kinds repogate never creates (maps, quotas, flowtables...): (kind, name).
+    others: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_empty(self) -> bool:
-        return not (self.sets or self.chains or self.counters)
+        return not (self.sets or self.chains or self.counters or self.others)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class Plan:
     add_chains: tuple[str, ...] = ()
     delete_chains: tuple[str, ...] = ()
     flush_chains: tuple[str, ...] = ()
+    delete_others: tuple[tuple[str, str], ...] = ()
     rewrite_rules: bool = False
     set_changes: tuple[SetChange, ...] = ()
 
@@ -143,6 +146,7 @@ class Plan:
             or self.delete_counters
             or self.add_chains
             or self.delete_chains
+            or self.delete_others
             or self.rewrite_rules
             or self.set_changes
         )

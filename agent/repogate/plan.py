@@ -237,7 +237,7 @@ def diff(desired: DesiredState, current: KernelTable | None) -> Plan:
         for name, comments in expected.items()
     )
     rewrite_rules = bool(rules_differ or delete_sets or delete_counters or add_chains)
-    rewrite_rules = rewrite_rules or bool(delete_chains)
+    rewrite_rules = rewrite_rules or bool(delete_chains) or bool(current.others)
     flush_chains = tuple(sorted(current.chains)) if rewrite_rules else ()
 
     changes: list[SetChange] = []
@@ -265,6 +265,7 @@ def diff(desired: DesiredState, current: KernelTable | None) -> Plan:
         add_chains=tuple(add_chains),
         delete_chains=tuple(delete_chains),
         flush_chains=flush_chains,
+        delete_others=current.others,
         rewrite_rules=rewrite_rules,
         set_changes=tuple(changes),
     )

@@ -7,6 +7,7 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from repogate.addresses import element_order
 from repogate.config import Config
 from repogate.errors import NotOwnedTableError
 from repogate.model import DesiredState, KernelTable, Plan
@@ -103,13 +104,17 @@ def describe(plan: Plan, table: str) -> list[str]:
     lines: list[str] = []
     if plan.create_table:
         lines.append(f"table inet {table}: create")
+    # In the order the transaction runs them: removals first.
+    lines += [
+        f"delete {kind} {name} (not created by repogate)" for kind, name in plan.delete_others
+    ]
     for label, items in (
-        ("create set", plan.add_sets),
-        ("delete set", plan.delete_sets),
-        ("create counter", plan.add_counters),
-        ("delete counter", plan.delete_counters),
-        ("create chain", plan.add_chains),
         ("delete chain", plan.delete_chains),
+        ("delete set", plan.delete_sets),
+        ("delete counter", plan.delete_counters),
+        ("create counter", plan.add_counters),
+        ("create set", plan.add_sets),
+        ("create chain", plan.add_chains),
     ):
         lines += [f"{label} {name}" for name in items]
     if plan.rewrite_rules:
@@ -126,10 +131,10 @@ def describe(plan: Plan, table: str) -> list[str]:
 
 
 def _sample(elements: frozenset[str], sign: str) -> str:
-    # The smallest few read best; past a thousand, any few will do and cost nothing.
+    # The lowest few read best; past a thousand, any few will do and cost nothing.
     if len(elements) <= 1000:
-        shown = heapq.nsmallest(SAMPLE, elements)
+        shown = heapq.nsmallest(SAMPLE, elements, key=element_order)
     else:
-        shown = sorted(itertools.islice(elements, SAMPLE))
+        shown = sorted(itertools.islice(elements, SAMPLE), key=element_order)
     more = f" … {len(elements) - SAMPLE} more" if len(elements) > SAMPLE else ""
     return "[" + " ".join(f"{sign}{element}" for element in shown) + more + "]"

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import socket
-
+from repogate.addresses import element_order
 from repogate.model import DesiredState, RuleSpec, SetSpec
 from repogate.nft import names
 from repogate.nft.builders import FAMILY
@@ -36,7 +35,7 @@ def _render_set(spec: SetSpec) -> list[str]:
     if spec.interval:
         lines.append("\t\tflags interval")
     if spec.elements:
-        lines.append(f"\t\telements = {{ {', '.join(sorted(spec.elements, key=_order))} }}")
+        lines.append(f"\t\telements = {{ {', '.join(sorted(spec.elements, key=element_order))} }}")
     lines.append("\t}")
     return lines
 
@@ -55,10 +54,3 @@ def _render_rule(rule: RuleSpec, digest: str) -> str:
     parts.append("accept" if rule.verdict == "accept" else "reject with tcp reset")
     parts.append(f'comment "{rule_comment(rule.comment, digest)}"')
     return " ".join(parts)
-
-
-def _order(element: str) -> tuple[bytes, int]:
-    """Numeric order, so rendered sets read like the admin's lists."""
-    address, _, length = element.partition("/")
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    return socket.inet_pton(family, address), int(length or 0)

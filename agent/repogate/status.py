@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass, field
 from typing import Any
 
+from repogate.addresses import element_order
 from repogate.config import Config
 from repogate.nft import names
 from repogate.plan import FAMILIES, diff
@@ -90,7 +90,7 @@ def collect_status(config: Config, gathered: Gathered) -> Status:
                 kernel_set = current.sets.get(names.client_set(group.name, family, kind))  # type: ignore[arg-type]
                 if kernel_set is not None:
                     held |= kernel_set.elements
-        groups.append(GroupStatus(group.name, tuple(sorted(held))))
+        groups.append(GroupStatus(group.name, tuple(sorted(held, key=element_order))))
     counters = []
     for destination in sorted(config.destinations):
         allowed = current.counters.get(names.counter(destination, "allowed"))
@@ -122,7 +122,7 @@ def format_status(status: Status, sample: int = 10) -> list[str]:
         lines.append(f"  {s.name:<{width}}  {s.elements:>8} elements{note}")
     lines += ["", "client groups:"]
     for g in status.groups:
-        shown = " ".join(heapq.nsmallest(sample, g.entries))
+        shown = " ".join(g.entries[:sample])
         more = f" … and {len(g.entries) - sample} more" if len(g.entries) > sample else ""
         lines.append(f"  {g.name}: {len(g.entries)} entries: {shown}{more}")
     lines += ["", "traffic (since the table was created):"]

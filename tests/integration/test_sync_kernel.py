@@ -234,3 +234,36 @@ def test_status_and_explain_read_the_kernel(netns: Namespace) -> None:
     explained = netns.repogate("explain", "10.30.0.7", config=path).stdout
     assert "NOT in the kernel" in explained
     assert json.loads(netns.repogate("status", "--json", config=path).stdout)["in_sync"] is False
+
+
+def test_foreign_objects_in_the_owned_table_are_removed(netns: Namespace) -> None:
+    path = config(netns)
+    assert netns.repogate("sync", config=path).returncode == 0
+    netns.run(
+        "nft",
+        "add map inet repogate sneaky { type ipv4_addr : verdict; }; "
+        "add quota inet repogate q { 25 mbytes }",
+    )
+    repaired = netns.repogate("sync", config=path)
+    assert repaired.returncode == 0, repaired.stderr
+    assert "delete map sneaky (not created by repogate)" in repaired.stdout
+    table = netns.nft("list", "table", "inet", "repogate")
+    assert "sneaky" not in table
+    assert "quota" not in table
+    assert "in sync" in netns.repogate("sync", config=path).stdout
+
+
+def test_explain_shows_what_the_kernel_still_admits_until_the_next_sync(
+    netns: Namespace,
+) -> None:
+    assert netns.repogate("sync", config=config(netns)).returncode == 0
+    revoked = config(netns, OFFICE.replace('"10.30.0.7", ', ""))
+    before = netns.repogate("explain", "10.30.0.7", config=revoked).stdout
+    assert "is in no client group" in before
+    assert "still admitted by the kernel through entry 10.30.0.7 in set client_office_v4_addr" in (
+        before
+    )
+    assert netns.repogate("sync", config=revoked).returncode == 0
+    after = netns.repogate("explain", "10.30.0.7", config=revoked).stdout
+    assert "still admitted" not in after
+    assert "bitbucket: refused on TCP 22, 443" in after

@@ -303,7 +303,7 @@ def test_status_json(config_file: Path, kernel: Any) -> None:
     assert len(status["sets"]) == 10
     assert status["groups"]["office"] == {
         "count": 4,
-        "entries": sorted(["10.20.0.0/16", "10.9.8.7", "2001:db8:20::/48", "2001:db8::5"]),
+        "entries": ["10.9.8.7", "10.20.0.0/16", "2001:db8::5", "2001:db8:20::/48"],  # numeric
     }
     assert status["groups"]["vpn"]["entries"] == ["10.30.0.0/24"]
     assert status["counters"] == {

@@ -166,5 +166,5 @@ def test_status_samples_large_groups(
     config = parse_config(config_dict)
     status = collect_status(config, gather(config, kernel_from(desired(config))))
     line = next(line for line in format_status(status) if line.startswith("  vpn: "))
-    assert line.startswith("  vpn: 25 entries: 10.30.0.1 10.30.0.10 ")
+    assert line.startswith("  vpn: 25 entries: 10.30.0.1 10.30.0.2 10.30.0.3 ")  # numeric order
     assert line.endswith(" … and 15 more")

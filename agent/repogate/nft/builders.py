@@ -34,6 +34,8 @@ def build_plan(plan: Plan, desired: DesiredState) -> list[Json]:
         commands.append({"flush": {"chain": _ref(table, name)}})
     for name in plan.delete_chains:
         commands.append({"delete": {"chain": _ref(table, name)}})
+    for kind, name in plan.delete_others:  # maps, quotas... repogate never creates
+        commands.append({"delete": {kind: _ref(table, name)}})
     for name in plan.delete_sets:
         commands.append({"delete": {"set": _ref(table, name)}})
     for name in plan.delete_counters:

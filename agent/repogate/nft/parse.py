@@ -14,6 +14,7 @@ def parse_table(name: str, listing: Iterable[dict[str, Any]]) -> KernelTable:
     chains: dict[str, dict[str, Any]] = {}
     comments: dict[str, list[str | None]] = {}
     counters: dict[str, CounterValue] = {}
+    others: list[tuple[str, str]] = []
     for item in listing:
         if "set" in item:
             body = item["set"]
@@ -34,6 +35,10 @@ def parse_table(name: str, listing: Iterable[dict[str, Any]]) -> KernelTable:
             counters[body["name"]] = CounterValue(
                 int(body.get("packets", 0)), int(body.get("bytes", 0))
             )
+        else:
+            for kind, body in item.items():
+                if kind not in ("metainfo", "table") and isinstance(body, dict) and "name" in body:
+                    others.append((kind, body["name"]))
     return KernelTable(
         name=name,
         sets=sets,
@@ -49,6 +54,7 @@ def parse_table(name: str, listing: Iterable[dict[str, Any]]) -> KernelTable:
             for chain_name, body in chains.items()
         },
         counters=counters,
+        others=tuple(sorted(others)),
     )
 
 

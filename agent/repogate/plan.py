@@ -22,9 +22,10 @@ from repogate.nft import names
 FAMILIES: tuple[Family, ...] = (4, 6)
 
 # Cost model for interval sets, measured with Debian's nft 1.0.6 (docs/benchmarks.md):
-# nft re-walks the whole set for every interval element it deletes (about 0.5 us x set
-# size each), while a flush and refill inside the same transaction costs ~10 us per element.
-DELETE_COST_PER_SET_ELEMENT = 0.5e-6
+# nft re-walks the whole set for every interval element it deletes (0.5-1.7 us x set
+# size each, growing with the size), while a flush and refill inside the same
+# transaction costs ~10 us per element: past ~10 deletions a refill is cheaper.
+DELETE_COST_PER_SET_ELEMENT = 1.0e-6
 REFILL_COST_PER_ELEMENT = 1.0e-5
 
 

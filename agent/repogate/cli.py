@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
@@ -18,6 +19,7 @@ from repogate.errors import ConfigError, RepogateError
 from repogate.nft.backend import Backend, NftBackend
 from repogate.nft.builders import build_delete_table, transaction
 from repogate.reconcile import check_owned, describe, describe_sources, gather, sync
+from repogate.state import StateStore
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -129,9 +131,20 @@ def _check(call: Invocation) -> int:
 
 def _sync(call: Invocation) -> int:
     args, config, out = call.args, call.config, call.out
-    result = sync(config, call.backend(), dry_run=args.dry_run)
-    for line in describe_sources(config, result.gathered.collected):
+    store = StateStore(config.agent.state_dir)
+    store.load()
+    result = sync(config, call.backend(), dry_run=args.dry_run, store=store)
+    for line in describe_sources(config, result.gathered.collected, result.gathered.stale):
         print(line, file=out)
+    if not args.dry_run:
+        try:
+            store.save_if_due(time.time())
+        except OSError as exc:
+            print(
+                f"repogate: warning: could not save last known good entries in "
+                f"{config.agent.state_dir}: {exc.strerror or exc}",
+                file=call.err,
+            )
     prefix = "would " if args.dry_run and not result.plan.is_empty else ""
     for line in describe(result.plan, config.agent.table):
         print(f"{prefix}{line}", file=out)

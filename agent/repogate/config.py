@@ -11,11 +11,12 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from repogate.addresses import Entry, InvalidEntryError, parse_entry
+from repogate.addresses import Entry
+from repogate.configcheck import Checker, did_you_mean
 from repogate.errors import ConfigError, ConfigProblem
 
 DEFAULT_CONFIG_PATH = Path("/etc/repogate/repogate.toml")
@@ -24,11 +25,9 @@ HOOKS = ("forward", "output")
 # A destination broader than this is almost surely a typo (0.0.0.0/0 would reset every
 # unapproved SSH and HTTPS connection through the host).
 DESTINATION_PREFIX_LIMITS = {4: 8, 6: 16}
-MAX_PROBLEMS_PER_LIST = 20
-
-# Group, destination and table names become parts of nft object names.
-NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+# The table name becomes part of every nft command.
 TABLE_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+IFNAME_PATTERN = re.compile(r"[^/\s:]{1,15}")  # what the kernel accepts as a link name
 
 Hook = Literal["forward", "output"]
 
@@ -41,6 +40,15 @@ class AgentConfig:
     # The broadest client network accepted, so a stray 0.0.0.0/0 never opens the gate.
     min_client_prefix_v4: int = 8
     min_client_prefix_v6: int = 32
+    # "keep": rules stay when the daemon stops (fail closed); "remove": delete the table.
+    on_stop: Literal["keep", "remove"] = "keep"
+    # How often the daemon re-reads the whole table to find and repair drift.
+    verify_interval: float = 30.0
+    log_format: Literal["text", "json"] = "text"
+    # Interfaces whose addresses Bitbucket must allow; empty: those with a default route.
+    egress_interfaces: tuple[str, ...] = ()
+    # How long a failing source's last known good entries stay enforced.
+    max_stale: float = 86400.0
 
     @property
     def prefix_limits(self) -> dict[int, int]:
@@ -71,6 +79,8 @@ class FileClients:
     path: Path
     format: Literal["lines", "json"] = "lines"
     json_path: str | None = None  # dotted key path to the list inside a JSON document
+    interval: float = 10.0  # how often the daemon checks the file for changes
+    max_stale: float | None = None  # None: agent.max_stale
     type: Literal["file"] = "file"
 
 
@@ -100,6 +110,10 @@ class Config:
     clients: tuple[ClientGroup, ...]
     rules: tuple[Rule, ...] = ()
     path: Path | None = None
+
+    def max_stale(self, group: ClientGroup) -> float:
+        own = getattr(group, "max_stale", None)
+        return float(own) if own is not None else self.agent.max_stale
 
     def group(self, name: str) -> ClientGroup:
         return next(group for group in self.clients if group.name == name)
@@ -149,7 +163,7 @@ def load_config(path: Path) -> Config:
 
 def parse_config(data: Mapping[str, Any], path: Path | None = None) -> Config:
     """Check a decoded TOML document; raise ConfigError listing every problem."""
-    check = _Checker()
+    check = Checker()
     top = check.table(data, "", {"agent", "destinations", "clients", "rules"})
     agent = _parse_agent(check, top.get("agent", {}))
     destinations = _parse_destinations(check, top.get("destinations"))
@@ -161,12 +175,23 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> Config:
     return Config(agent, destinations, clients, rules, path)
 
 
-def _parse_agent(check: _Checker, raw: object) -> AgentConfig:
+def _parse_agent(check: Checker, raw: object) -> AgentConfig:
     defaults = AgentConfig()
     table = check.table(
         raw,
         "agent",
-        {"table", "state_dir", "hooks", "min_client_prefix_v4", "min_client_prefix_v6"},
+        {
+            "table",
+            "state_dir",
+            "hooks",
+            "min_client_prefix_v4",
+            "min_client_prefix_v6",
+            "on_stop",
+            "verify_interval",
+            "log_format",
+            "egress_interfaces",
+            "max_stale",
+        },
     )
     name = check.string(table, "agent", "table", defaults.table)
     if name and not TABLE_PATTERN.fullmatch(name):
@@ -190,16 +215,31 @@ def _parse_agent(check: _Checker, raw: object) -> AgentConfig:
         check.problem("agent.hooks", "needs at least one hook")
     prefix_v4 = check.integer(table, "agent", "min_client_prefix_v4", 8, low=0, high=32)
     prefix_v6 = check.integer(table, "agent", "min_client_prefix_v6", 32, low=0, high=128)
+    on_stop = check.choice(table, "agent", "on_stop", "keep", ("keep", "remove"))
+    log_format = check.choice(table, "agent", "log_format", "text", ("text", "json"))
+    verify = check.duration(table, "agent", "verify_interval", defaults.verify_interval, low=1)
+    max_stale = check.duration(table, "agent", "max_stale", defaults.max_stale)
+    interfaces = check.list_of(table, "agent", "egress_interfaces", str, [])
+    for index, interface in enumerate(interfaces):
+        if not IFNAME_PATTERN.fullmatch(interface):
+            check.problem(
+                f"agent.egress_interfaces[{index}]", f"{interface!r} is not an interface name"
+            )
     return AgentConfig(
         table=name or defaults.table,
         state_dir=Path(state_dir or defaults.state_dir),
         hooks=tuple(hooks) or defaults.hooks,
         min_client_prefix_v4=prefix_v4,
         min_client_prefix_v6=prefix_v6,
+        on_stop="remove" if on_stop == "remove" else "keep",
+        verify_interval=verify,
+        log_format="json" if log_format == "json" else "text",
+        egress_interfaces=tuple(interfaces),
+        max_stale=max_stale,
     )
 
 
-def _parse_destinations(check: _Checker, raw: object) -> dict[str, Destination]:
+def _parse_destinations(check: Checker, raw: object) -> dict[str, Destination]:
     if raw is None:
         check.problem("destinations", "at least one destination is required")
         return {}
@@ -229,7 +269,7 @@ def _parse_destinations(check: _Checker, raw: object) -> dict[str, Destination]:
 
 
 def _parse_clients(
-    check: _Checker, raw: object, agent: AgentConfig, base: Path | None
+    check: Checker, raw: object, agent: AgentConfig, base: Path | None
 ) -> tuple[ClientGroup, ...]:
     if raw is None:
         check.problem("clients", "at least one client group is required")
@@ -269,7 +309,7 @@ def _parse_clients(
 
 
 def _parse_static(
-    check: _Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
+    check: Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
 ) -> StaticClients | None:
     table = check.table(spec, path, {"name", "type", "addresses"}, required={"name", "addresses"})
     name = check.string(table, path, "name", None)
@@ -282,10 +322,13 @@ def _parse_static(
 
 
 def _parse_file(
-    check: _Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
+    check: Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
 ) -> FileClients | None:
     table = check.table(
-        spec, path, {"name", "type", "path", "format", "json_path"}, required={"name", "path"}
+        spec,
+        path,
+        {"name", "type", "path", "format", "json_path", "interval", "max_stale"},
+        required={"name", "path"},
     )
     name = check.string(table, path, "name", None)
     if name is not None:
@@ -297,6 +340,8 @@ def _parse_file(
     json_path = check.string(table, path, "json_path", None)
     if json_path is not None and list_format != "json":
         check.problem(f"{path}.json_path", 'only applies with format = "json"')
+    interval = check.duration(table, path, "interval", 10.0, low=1)
+    max_stale = check.duration(table, path, "max_stale", -1.0) if "max_stale" in table else None
     if name is None or file_path is None:
         return None
     resolved = Path(file_path)
@@ -307,17 +352,19 @@ def _parse_file(
         path=resolved,
         format="json" if list_format == "json" else "lines",
         json_path=json_path,
+        interval=interval,
+        max_stale=max_stale,
     )
 
 
 ClientParser = Callable[
-    ["_Checker", dict[str, Any], str, AgentConfig, Path | None], ClientGroup | None
+    ["Checker", dict[str, Any], str, AgentConfig, Path | None], ClientGroup | None
 ]
 CLIENT_TYPES: dict[str, ClientParser] = {"static": _parse_static, "file": _parse_file}
 
 
 def _parse_rules(
-    check: _Checker,
+    check: Checker,
     raw: object,
     destinations: Mapping[str, Destination],
     clients: tuple[ClientGroup, ...],
@@ -343,7 +390,7 @@ def _parse_rules(
                     check.problem(
                         f"{path}.{key}[{position}]",
                         f"{name!r} is not a defined {key[:-1].replace('client', 'client group')}"
-                        + _did_you_mean(name, known[key]),
+                        + did_you_mean(name, known[key]),
                     )
             if key in table and not listed:
                 check.problem(f"{path}.{key}", "must name at least one")
@@ -370,154 +417,3 @@ def _parse_rules(
             )
         )
     return tuple(rules)
-
-
-def _did_you_mean(word: str, choices: set[str] | frozenset[str]) -> str:
-    import difflib  # noqa: PLC0415 - only needed when reporting a problem
-
-    close = difflib.get_close_matches(word, sorted(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-@dataclass
-class _Checker:
-    """Typed accessors that record problems instead of raising, so all are reported."""
-
-    problems: list[ConfigProblem] = field(default_factory=list)
-
-    def problem(self, path: str, message: str) -> None:
-        self.problems.append(ConfigProblem(path, message))
-
-    def table(
-        self,
-        raw: object,
-        path: str,
-        allowed: set[str] | None,
-        required: set[str] | frozenset[str] = frozenset(),
-    ) -> dict[str, Any]:
-        if not isinstance(raw, dict):
-            self.problem(path, "must be a table")
-            return {}
-        prefix = f"{path}." if path else ""
-        if allowed is not None:
-            for key in raw:
-                if key not in allowed:
-                    self.problem(
-                        f"{prefix}{key}", "unknown key" + _did_you_mean(key, frozenset(allowed))
-                    )
-        for key in sorted(required - raw.keys()):
-            self.problem(f"{prefix}{key}", "is required")
-        return raw
-
-    def name(self, path: str, name: str) -> None:
-        if not NAME_PATTERN.fullmatch(name):
-            self.problem(
-                path,
-                f"{name!r} is not a valid name (letters, digits, '_' or '-', "
-                "starting with a letter, at most 32)",
-            )
-
-    def string(self, table: dict[str, Any], path: str, key: str, default: str | None) -> str | None:
-        value = table.get(key, default)
-        if value is not None and not isinstance(value, str):
-            self.problem(f"{path}.{key}", f"must be a string, not {_kind(value)}")
-            return default
-        if isinstance(value, str) and not value:
-            self.problem(f"{path}.{key}", "must not be empty")
-            return default
-        return value
-
-    def integer(
-        self, table: dict[str, Any], path: str, key: str, default: int, *, low: int, high: int
-    ) -> int:
-        value = table.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.problem(f"{path}.{key}", f"must be an integer, not {_kind(value)}")
-            return default
-        if not low <= value <= high:
-            self.problem(f"{path}.{key}", f"{value} is outside {low}-{high}")
-            return default
-        return value
-
-    def list_of(
-        self, table: dict[str, Any], path: str, key: str, kind: type[str], default: list[str]
-    ) -> list[str]:
-        value = table.get(key, default)
-        if not isinstance(value, list):
-            self.problem(f"{path}.{key}", f"must be a list, not {_kind(value)}")
-            return []
-        good: list[str] = []
-        for index, item in enumerate(value):
-            if isinstance(item, kind):
-                good.append(item)
-            else:
-                self.problem(f"{path}.{key}[{index}]", f"must be a string, not {_kind(item)}")
-        return good
-
-    def ports(
-        self, table: dict[str, Any], path: str, key: str, *, required: bool
-    ) -> list[int] | None:
-        if key not in table:
-            return [] if required else None
-        value = table[key]
-        if not isinstance(value, list) or not value:
-            self.problem(f"{path}.{key}", "must be a non-empty list of port numbers")
-            return []
-        ports: list[int] = []
-        for index, port in enumerate(value):
-            where = f"{path}.{key}[{index}]"
-            if isinstance(port, bool) or not isinstance(port, int):
-                self.problem(where, f"{port!r} is not a port number")
-            elif not 1 <= port <= 65535:
-                self.problem(where, f"{port} is outside 1-65535")
-            elif port in ports:
-                self.problem(where, f"{port} is listed twice")
-            else:
-                ports.append(port)
-        return ports
-
-    def entries(
-        self,
-        table: dict[str, Any],
-        path: str,
-        key: str,
-        *,
-        min_prefix: Mapping[int, int] | None,
-        required: bool,
-        limit_reason: str | None = None,
-    ) -> list[Entry]:
-        if key not in table:
-            return []
-        value = table[key]
-        if not isinstance(value, list):
-            self.problem(f"{path}.{key}", f"must be a list, not {_kind(value)}")
-            return []
-        if required and not value:
-            self.problem(f"{path}.{key}", "must not be empty")
-        entries: list[Entry] = []
-        reported = 0
-        for index, raw in enumerate(value):
-            try:
-                entry = parse_entry(raw)
-            except InvalidEntryError as exc:
-                message = str(exc)
-            else:
-                limit = min_prefix.get(entry.family) if min_prefix else None
-                if limit is None or entry.prefixlen >= limit:
-                    entries.append(entry)
-                    continue
-                setting = f"the limit set by agent.min_client_prefix_v{entry.family}"
-                message = f"{raw!r} is broader than /{limit} ({limit_reason or setting})"
-            reported += 1
-            if reported <= MAX_PROBLEMS_PER_LIST:
-                self.problem(f"{path}.{key}[{index}]", message)
-        if reported > MAX_PROBLEMS_PER_LIST:
-            hidden = reported - MAX_PROBLEMS_PER_LIST
-            self.problem(f"{path}.{key}", f"and {hidden} more invalid entries")
-        return entries
-
-
-def _kind(value: object) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
-    names.update({list: "a list", dict: "a table"})
-    return names.get(type(value), type(value).__name__)

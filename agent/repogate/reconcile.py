@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from repogate.addresses import element_order
 from repogate.config import Config
 from repogate.errors import NotOwnedTableError
+from repogate.lastgood import Staleness, resolve
 from repogate.model import DesiredState, KernelTable, Plan
 from repogate.nft import names
 from repogate.nft.backend import Backend
 from repogate.nft.builders import Json, build_plan
-from repogate.plan import desired_state, diff, enforced_entries
+from repogate.plan import desired_state, diff
 from repogate.sources import Collected, collect
+from repogate.state import StateStore
 
 SAMPLE = 5
 
@@ -27,6 +30,7 @@ class Gathered:
     desired: DesiredState
     collected: Collected
     current: KernelTable | None
+    stale: Mapping[str, Staleness] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,19 +60,35 @@ def check_owned(current: KernelTable | None) -> None:
         )
 
 
-def gather(config: Config, current: KernelTable | None) -> Gathered:
-    """Fetch every source; a failed one keeps what the kernel enforces for its group."""
+def gather(
+    config: Config,
+    current: KernelTable | None,
+    store: StateStore | None = None,
+    now: float | None = None,
+) -> Gathered:
+    """Fetch every source; a failed one is served from its last known good entries."""
     collected = collect(config)
-    entries = {name: result.entries for name, result in collected.results.items()}
-    for name in collected.failures:
-        entries[name] = enforced_entries(current, name)
-    return Gathered(desired_state(config, entries), collected, current)
+    entries, stale = resolve(
+        config,
+        results=collected.results,
+        failures=collected.failures,
+        store=store,
+        current=current,
+        now=time.time() if now is None else now,
+    )
+    return Gathered(desired_state(config, entries), collected, current, stale)
 
 
-def sync(config: Config, backend: Backend, *, dry_run: bool = False) -> SyncResult:
+def sync(
+    config: Config,
+    backend: Backend,
+    *,
+    dry_run: bool = False,
+    store: StateStore | None = None,
+) -> SyncResult:
     current = backend.read_table(config.agent.table)
     check_owned(current)
-    gathered = gather(config, current)
+    gathered = gather(config, current, store)
     plan = diff(gathered.desired, current)
     commands = build_plan(plan, gathered.desired)
     if dry_run or plan.is_empty:
@@ -77,17 +97,29 @@ def sync(config: Config, backend: Backend, *, dry_run: bool = False) -> SyncResu
     return SyncResult(gathered, plan, commands, True, seconds)
 
 
-def describe_sources(config: Config, collected: Collected) -> list[str]:
+def describe_sources(
+    config: Config, collected: Collected, stale: Mapping[str, Staleness] | None = None
+) -> list[str]:
     """One line per group that is not plain static config: size, rejects, failures."""
     lines: list[str] = []
     for group in config.clients:
         result = collected.results.get(group.name)
         failure = collected.failures.get(group.name)
         if failure is not None:
-            lines.append(
-                f"group {group.name} ({group.type}): FAILED: {failure}; "
-                "keeping the entries enforced now"
-            )
+            info = (stale or {}).get(group.name)
+            if info is None:
+                keeping = "keeping the entries enforced now"
+            elif info.expired:
+                keeping = (
+                    f"its last known good entries from {_when(info.since)} EXPIRED at "
+                    f"{_when(info.expires_at)}: the group admits nobody"
+                )
+            else:
+                keeping = (
+                    f"keeping its last known good entries from {_when(info.since)} "
+                    f"until {_when(info.expires_at)}"
+                )
+            lines.append(f"group {group.name} ({group.type}): FAILED: {failure}; {keeping}")
         elif result is not None and (group.type != "static" or result.rejected_count):
             line = f"group {group.name} ({group.type} {result.origin}): {result.accepted} entries"
             if result.rejected_count:
@@ -128,6 +160,10 @@ def describe(plan: Plan, table: str) -> list[str]:
             parts.append(f"-{len(change.delete)} {_sample(change.delete, '-')}")
         lines.append(f"set {change.name}: {'; '.join(parts)}{how}")
     return lines
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(timestamp))
 
 
 def _sample(elements: frozenset[str], sign: str) -> str:

@@ -12,7 +12,7 @@ from tests.integration.conftest import Namespace
 BASE = """
 [agent]
 table = "repogate"
-state_dir = "/tmp/repogate-test"
+state_dir = "{state_dir}"
 {agent_extra}
 
 [destinations.bitbucket]
@@ -30,7 +30,14 @@ OFFICE = '"10.20.0.0/16", "10.30.0.7", "2001:db8:20::/48"'
 
 
 def config(ns: Namespace, addresses: str = OFFICE, extra: str = "", agent_extra: str = ""):
-    return ns.write_config(BASE.format(addresses=addresses, extra=extra, agent_extra=agent_extra))
+    return ns.write_config(
+        BASE.format(
+            addresses=addresses,
+            extra=extra,
+            agent_extra=agent_extra,
+            state_dir=ns.workdir / "state",
+        )
+    )
 
 
 def set_elements(ns: Namespace, name: str) -> set[str]:

@@ -168,7 +168,8 @@ def file_config(
         else:
             listing.write_text(text, encoding="utf-8")
         group = '\n[[clients]]\nname = "mdm"\ntype = "file"\npath = "mdm.txt"\n'
-        return load_config(write_config(base_toml + group))
+        agent = f'[agent]\nstate_dir = "{tmp_path / "state"}"\n'
+        return load_config(write_config(base_toml.replace("[agent]\n", agent) + group))
 
     return make
 

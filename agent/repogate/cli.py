@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain_parser.add_argument("address", metavar="ADDRESS")
     verbs.add_parser("teardown", parents=[common], help="delete the owned table, nothing else")
-    verbs.add_parser("run", parents=[common], help="run as a daemon (not yet available)")
+    verbs.add_parser(
+        "run", parents=[common], help="run as a daemon: keep the table right (systemd notify)"
+    )
     return parser
 
 
@@ -224,8 +226,10 @@ def _teardown(call: Invocation) -> int:
 
 
 def _run(call: Invocation) -> int:
-    print("repogate: `run` is reserved for the daemon, which is not available yet", file=call.err)
-    return EXIT_USAGE
+    from repogate.daemon import Daemon  # noqa: PLC0415 - APScheduler is the daemon's alone
+
+    path = call.config.path or config_path(getattr(call.args, "config", None))
+    return Daemon(path, backend_factory=call.backend).run()
 
 
 VERBS: dict[str, Handler] = {

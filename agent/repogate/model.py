@@ -21,6 +21,7 @@ class SetSpec:
     family: Family
     interval: bool
     elements: frozenset[str]
+    owner: str = ""  # "group office" or "destination bitbucket", for logs and audit
 
     @property
     def nft_type(self) -> str:

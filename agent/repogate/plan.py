@@ -41,7 +41,7 @@ def desired_state(config: Config, group_entries: Mapping[str, NormalisedEntries]
             networks = entries.networks_v4 if family == 4 else entries.networks_v6
             for kind, elements in (("addr", addresses), ("net", networks)):
                 name = names.client_set(group.name, family, "addr" if kind == "addr" else "net")
-                sets[name] = SetSpec(name, family, kind == "net", elements)
+                sets[name] = SetSpec(name, family, kind == "net", elements, f"group {group.name}")
     counters: list[str] = []
     rules: list[RuleSpec] = []
     grants = config.grants()
@@ -53,7 +53,8 @@ def desired_state(config: Config, group_entries: Mapping[str, NormalisedEntries]
         collapsed = destination_elements(destination.entries)
         for family in FAMILIES:
             dest_set = names.destination_set(destination.name, family)
-            sets[dest_set] = SetSpec(dest_set, family, True, collapsed[family])
+            owner = f"destination {destination.name}"
+            sets[dest_set] = SetSpec(dest_set, family, True, collapsed[family], owner)
             for grant in grants:
                 if grant.destination != destination.name:
                     continue

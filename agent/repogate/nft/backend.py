@@ -30,6 +30,10 @@ class Backend(Protocol):
         """Run commands as one transaction; return the seconds it took."""
         ...
 
+    def chain_comments(self, table: str, chain: str) -> tuple[str | None, ...] | None:
+        """The comments of a chain's rules, in order; None if the chain is missing."""
+        ...
+
 
 class NftBackend:
     """libnftables through Debian's python3-nftables, JSON in and out."""
@@ -65,6 +69,18 @@ class NftBackend:
             return None
         listing = self._run({"nftables": [{"list": {"table": {"family": FAMILY, "name": table}}}]})
         return parse_table(table, listing)
+
+    def chain_comments(self, table: str, chain: str) -> tuple[str | None, ...] | None:
+        if not self.table_exists(table):
+            return None
+        ref = {"family": FAMILY, "table": table, "name": chain}
+        try:
+            listing = self._run({"nftables": [{"list": {"chain": ref}}]})
+        except NftPermissionError:
+            raise
+        except NftError:
+            return None  # the chain is gone
+        return tuple(item["rule"].get("comment") for item in listing if "rule" in item)
 
     def apply(self, commands: list[Json]) -> float:
         if not commands:
@@ -106,3 +122,8 @@ class RecordingBackend:
         if commands:
             self.transactions.append(commands)
         return 0.0
+
+    def chain_comments(self, table: str, chain: str) -> tuple[str | None, ...] | None:
+        if self.table is None or chain not in self.table.chains:
+            return None
+        return self.table.chains[chain].rule_comments

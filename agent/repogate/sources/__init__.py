@@ -32,6 +32,10 @@ class Source(Protocol):
         """Read the source now; raise SourceError if it cannot be used at all."""
         ...
 
+    def signature(self) -> object | None:
+        """A cheap token that changes when the source may have changed; None: always fetch."""
+        ...
+
 
 @dataclass(frozen=True)
 class Collected:

@@ -19,6 +19,14 @@ class FileSource:
         self._group = group
         self._limits = prefix_limits
 
+    def signature(self) -> tuple[int, int, int] | None:
+        """(inode, size, mtime): unchanged means the daemon can skip a re-read."""
+        try:
+            stat = self._group.path.stat()
+        except OSError:
+            return None
+        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
     def fetch(self) -> SourceResult:
         path = self._group.path
         try:

@@ -12,6 +12,9 @@ class StaticSource:
         self.name = group.name
         self._group = group
 
+    def signature(self) -> object | None:
+        return None  # static entries change only with the config
+
     def fetch(self) -> SourceResult:
         entries = normalise(self._group.entries)
         return SourceResult(entries, accepted=len(self._group.entries), origin="config")

@@ -1,0 +1,546 @@
+"""`repogate run`: keep the owned table right for as long as the service runs.
+
+The daemon only schedules; the work is done by sources (fetch), lastgood and plan
+(what to enforce) and the enforcer (one transaction). APScheduler runs one refresh
+job per dynamic client group, one reconcile job and a cheap probe; the main
+thread only waits for signals and pings the systemd watchdog.
+
+Reconciles are serialised by a lock and coalesced by a pending set: a burst of
+refreshes marks reasons as pending and wakes the reconcile job, whose loop
+drains them, so it becomes one transaction and two never run at once.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from repogate.config import Config, StaticClients, load_config
+from repogate.enforcer import Enforcer, Outcome
+from repogate.errors import ConfigError, RepogateError, SourceError
+from repogate.lastgood import Staleness, resolve
+from repogate.logs import event, setup_logging
+from repogate.model import DesiredState
+from repogate.netlink import LinkEvent, LinkWatcher, default_route_interfaces, interface_addresses
+from repogate.nft.backend import Backend, NftBackend
+from repogate.nft.builders import build_delete_table
+from repogate.notify import Notifier
+from repogate.plan import desired_state
+from repogate.sources import Source, SourceResult, source_for
+from repogate.state import StateStore
+
+log = logging.getLogger("repogate")
+UTC = datetime.UTC
+PROBE_INTERVAL = 2.0  # seconds between cheap "is the table still there" probes
+RECONCILE_DEBOUNCE = 0.2  # seconds a wake waits, so a burst of refreshes coalesces
+STUCK_AFTER = 120.0  # a reconcile running longer stops the watchdog pings
+LOG_SAMPLE = 50  # entries listed per change in a log line (the count is always exact)
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+@dataclass
+class SourceState:
+    source: Source
+    result: SourceResult | None = None
+    failure: str | None = None
+    failing_since: float | None = None
+    signature: object | None = None
+
+
+@dataclass
+class Counters:
+    """What the daemon has done, for status lines and (later) metrics."""
+
+    reconciles_ok: int = 0
+    reconciles_failed: int = 0
+    drift_repairs: int = 0
+    reloads_ok: int = 0
+    reloads_failed: int = 0
+    last_change: float | None = None
+    stale: dict[str, Staleness] = field(default_factory=dict)
+
+
+class Daemon:
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        backend_factory: Callable[[], Backend] = NftBackend,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config_path = config_path
+        self.backend_factory = backend_factory
+        self.notifier = notifier or Notifier()
+        self.clock = clock
+        self.counters = Counters()
+        self.egress: list[tuple[str, str]] = []
+        self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._state_lock = threading.Lock()  # config and source states
+        self._reconcile_lock = threading.Lock()  # one transaction at a time
+        self._pending: set[str] = set()
+        self._verify_pending = False
+        self._busy_since: float | None = None
+        self._sources: dict[str, SourceState] = {}
+        self._scheduler: Any = None
+
+    # -- life cycle ---------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            self.config = load_config(self.config_path)
+        except ConfigError as exc:
+            setup_logging("text")
+            for problem in exc.problems:
+                log.error("invalid config %s: %s", exc.source, problem)
+            return EXIT_CONFIG
+        setup_logging(self.config.agent.log_format)
+        event(log, logging.INFO, f"starting with {self.config_path}", config=str(self.config_path))
+        try:
+            self.enforcer = Enforcer(self.backend_factory())
+        except RepogateError as exc:
+            log.error("cannot use nftables: %s", exc)
+            return EXIT_FAILURE
+        self.store = StateStore(self.config.agent.state_dir)
+        self.store.load()
+        self._set_sources(self.config)
+        self._fetch_all()
+        # The rules of the previous run stay in force until this diff applies: the
+        # table is never flushed or recreated at start.
+        if self._reconcile({"start"}, verify=True) is None:
+            log.error("initial reconcile failed; the previous rules (if any) stay in force")
+            return EXIT_FAILURE
+        self._update_egress(log_always=True)
+        self._install_signal_handlers()
+        self._start_scheduler()
+        self._watcher = LinkWatcher(self._on_link_event)
+        self._watcher.start()
+        self.notifier.ready(self.status_line())
+        event(log, logging.INFO, f"ready: {self.status_line()}")
+        self._main_loop()
+        return self._stop()
+
+    def _main_loop(self) -> None:
+        watchdog = self.notifier.watchdog_interval
+        tick = min(1.0, watchdog) if watchdog else 1.0
+        next_ping = time.monotonic()
+        while True:
+            try:
+                signum: int | None = self._signals.get(timeout=tick)
+            except queue.Empty:
+                signum = None
+            if signum == signal.SIGHUP:
+                self._reload()
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                event(log, logging.INFO, f"stopping on {signal.Signals(signum).name}")
+                return
+            if watchdog and time.monotonic() >= next_ping and self._healthy():
+                self.notifier.watchdog()
+                next_ping = time.monotonic() + watchdog
+
+    def _healthy(self) -> bool:
+        busy = self._busy_since
+        return busy is None or self.clock() - busy < STUCK_AFTER
+
+    def _stop(self) -> int:
+        self.notifier.stopping()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)  # lets a transaction in flight finish
+        with self._reconcile_lock:
+            self._save_state(force=True)
+            if self.config.agent.on_stop == "remove":
+                try:
+                    if self.enforcer.backend.read_table(self.config.agent.table) is not None:
+                        self.enforcer.backend.apply(build_delete_table(self.config.agent.table))
+                    event(
+                        log,
+                        logging.WARNING,
+                        f"on_stop = remove: deleted table inet {self.config.agent.table}; "
+                        "protected destinations are no longer gated",
+                        reason="stop",
+                    )
+                except RepogateError as exc:
+                    log.error("could not remove the table on stop: %s", exc)
+            else:
+                event(
+                    log,
+                    logging.INFO,
+                    f"stopped; table inet {self.config.agent.table} stays in force "
+                    "(on_stop = keep)",
+                )
+        self.notifier.close()
+        return EXIT_OK
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            self._signals.put(signum)
+
+        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, handler)
+
+    # -- scheduling ----------------------------------------------------------------
+
+    def _start_scheduler(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler  # noqa: PLC0415
+
+        self._scheduler = BackgroundScheduler(timezone=UTC)
+        now = datetime.datetime.now(UTC)
+        self._scheduler.add_job(
+            self._reconcile_job,
+            "interval",
+            seconds=self.config.agent.verify_interval,
+            id="reconcile",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=now + datetime.timedelta(seconds=self.config.agent.verify_interval),
+        )
+        self._scheduler.add_job(
+            self._probe_job,
+            "interval",
+            seconds=min(PROBE_INTERVAL, self.config.agent.verify_interval),
+            id="probe",
+            max_instances=1,
+            coalesce=True,
+        )
+        self._schedule_refreshes()
+        self._scheduler.start()
+
+    def _schedule_refreshes(self) -> None:
+        for job in self._scheduler.get_jobs():
+            if job.id.startswith("refresh:"):
+                job.remove()
+        now = datetime.datetime.now(UTC)
+        for group in self.config.clients:
+            interval = getattr(group, "interval", None)
+            if isinstance(group, StaticClients) or interval is None:
+                continue  # static entries change only with the config
+            self._scheduler.add_job(
+                self._refresh_job,
+                "interval",
+                args=[group.name],
+                seconds=interval,
+                id=f"refresh:{group.name}",
+                max_instances=1,
+                coalesce=True,
+                next_run_time=now + datetime.timedelta(seconds=interval),
+            )
+
+    def request_reconcile(self, reason: str, *, verify: bool = False) -> None:
+        with self._state_lock:
+            self._pending.add(reason)
+            self._verify_pending = self._verify_pending or verify
+        if self._scheduler is not None:
+            wake = datetime.datetime.now(UTC) + datetime.timedelta(seconds=RECONCILE_DEBOUNCE)
+            self._scheduler.modify_job("reconcile", next_run_time=wake)
+
+    def _reconcile_job(self) -> None:
+        """Periodic verify, and the drain of reconciles requested by refreshes."""
+        with self._state_lock:
+            self._pending.add("verify")
+            self._verify_pending = True  # a periodic run always re-reads the table
+        while True:
+            with self._state_lock:
+                if not self._pending:
+                    return
+                reasons, self._pending = self._pending, set()
+                verify, self._verify_pending = self._verify_pending, False
+            self._reconcile(reasons, verify=verify)
+
+    def _probe_job(self) -> None:
+        last = self.enforcer.last_applied
+        if last is None:
+            return
+        try:
+            intact = self.enforcer.looks_intact(last)
+        except RepogateError as exc:
+            log.warning("probe failed: %s", exc)
+            return
+        if not intact:
+            self.request_reconcile("drift", verify=True)
+
+    # -- sources -------------------------------------------------------------------
+
+    def _set_sources(self, config: Config) -> None:
+        with self._state_lock:
+            old = self._sources
+            self._sources = {}
+            for group in config.clients:
+                state = SourceState(source_for(group, config))
+                previous = old.get(group.name)
+                if previous is not None and type(previous.source) is type(state.source):
+                    state.failing_since = previous.failing_since
+                self._sources[group.name] = state
+
+    def _fetch_all(self) -> None:
+        for name in list(self._sources):
+            self._fetch(name, force=True)
+
+    def _refresh_job(self, name: str) -> None:
+        if self._fetch(name, force=False):
+            self.request_reconcile(f"refresh {name}")
+
+    def _fetch(self, name: str, *, force: bool) -> bool:
+        """Fetch one source; return whether what it contributes may have changed."""
+        with self._state_lock:
+            state = self._sources.get(name)
+        if state is None:
+            return False
+        signature = state.source.signature()
+        unchanged = signature is not None and signature == state.signature
+        if not force and unchanged and state.failure is None:
+            return False
+        started = time.perf_counter()
+        try:
+            result = state.source.fetch()
+        except SourceError as exc:
+            with self._state_lock:
+                first = state.failure is None
+                state.failure, state.result = str(exc), None
+                state.failing_since = state.failing_since or self.clock()
+                state.signature = None
+            if first:
+                event(
+                    log,
+                    logging.WARNING,
+                    f"source {name} failed: {exc}; serving its last known good entries",
+                    source=name,
+                    error=str(exc),
+                )
+            return first
+        with self._state_lock:
+            recovered = state.failure is not None
+            changed = state.result is None or state.result.entries != result.entries
+            state.result, state.failure, state.failing_since = result, None, None
+            state.signature = signature
+        if recovered:
+            event(log, logging.INFO, f"source {name} recovered", source=name)
+        if result.rejected_count:
+            sample = "; ".join(str(r) for r in result.rejected_sample[:3])
+            event(
+                log,
+                logging.WARNING,
+                f"source {name}: {result.rejected_count} entries rejected ({sample})",
+                source=name,
+                rejected=result.rejected_count,
+            )
+        log.debug("fetched %s in %.3fs", name, time.perf_counter() - started)
+        return changed or recovered
+
+    # -- reconcile -----------------------------------------------------------------
+
+    def _reconcile(self, reasons: set[str], *, verify: bool = False) -> Outcome | None:
+        with self._reconcile_lock:
+            self._busy_since = self.clock()
+            try:
+                return self._reconcile_locked(reasons, verify=verify)
+            finally:
+                self._busy_since = None
+
+    def _reconcile_locked(self, reasons: set[str], *, verify: bool) -> Outcome | None:
+        reason = ", ".join(sorted(reasons))
+        with self._state_lock:
+            config = self.config
+            results = {n: s.result for n, s in self._sources.items() if s.result is not None}
+            failures = {n: s.failure for n, s in self._sources.items() if s.failure is not None}
+        entries, stale = resolve(
+            config,
+            results=results,
+            failures=failures,
+            store=self.store,
+            current=self.enforcer.model,
+            now=self.clock(),
+        )
+        self._log_staleness(stale)
+        desired = desired_state(config, entries)
+        try:
+            outcome = self.enforcer.apply(desired, verify=verify)
+        except RepogateError as exc:
+            self.counters.reconciles_failed += 1
+            event(log, logging.ERROR, f"reconcile failed ({reason}): {exc}", reason=reason)
+            self.notifier.status(f"reconcile failing: {exc}")
+            return None
+        self.counters.reconciles_ok += 1
+        if outcome.drift:
+            self.counters.drift_repairs += 1
+            event(
+                log,
+                logging.WARNING,
+                "drift in table inet {}: {}; repaired".format(
+                    desired.table, "; ".join(outcome.drift)
+                ),
+                reason="drift repair",
+                found=list(outcome.drift),
+            )
+        if outcome.applied:
+            self.counters.last_change = self.clock()
+            self._log_changes(outcome, desired, "drift repair" if outcome.drift else reason)
+        self._save_state()
+        self.notifier.status(self.status_line())
+        return outcome
+
+    def _log_changes(self, outcome: Outcome, desired: DesiredState, reason: str) -> None:
+        plan = outcome.plan
+        if plan.create_table or plan.rewrite_rules:
+            event(
+                log,
+                logging.INFO,
+                f"table inet {desired.table}: "
+                + ("created" if plan.create_table else "rules rewritten")
+                + f" ({len(desired.rules)} rules; reason: {reason})",
+                reason=reason,
+            )
+        for change in plan.set_changes:
+            owner = desired.sets[change.name].owner
+            added, removed = sorted(change.add), sorted(change.delete)
+            text = f"{owner}: set {change.name}"
+            if added:
+                text += f" added {len(added)} [{_sample(added)}]"
+            if removed:
+                text += f" removed {len(removed)} [{_sample(removed)}]"
+            event(
+                log,
+                logging.INFO,
+                f"{text} (reason: {reason})",
+                set=change.name,
+                owner=owner,
+                added=added,
+                removed=removed,
+                reason=reason,
+            )
+        event(
+            log,
+            logging.INFO,
+            f"applied in one transaction in {outcome.seconds * 1000:.1f} ms",
+            seconds=round(outcome.seconds, 6),
+            reason=reason,
+        )
+
+    def _log_staleness(self, stale: dict[str, Staleness]) -> None:
+        previous = self.counters.stale
+        for name, info in stale.items():
+            before = previous.get(name)
+            if info.expired and (before is None or not before.expired):
+                event(
+                    log,
+                    logging.ERROR,
+                    f"source {name}: last known good entries expired (max_stale); "
+                    "the group now admits nobody",
+                    source=name,
+                )
+        self.counters.stale = stale
+
+    def _save_state(self, *, force: bool = False) -> None:
+        try:
+            if force:
+                self.store.save()
+            else:
+                self.store.save_if_due(self.clock())
+        except OSError as exc:
+            log.warning("could not save state in %s: %s", self.store.path, exc)
+
+    # -- reload --------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            self.counters.reloads_failed += 1
+            for problem in exc.problems:
+                log.error("reload refused, invalid config %s: %s", exc.source, problem)
+            event(log, logging.ERROR, "reload refused: keeping the running config")
+            self.notifier.ready(f"reload refused (invalid config); {self.status_line()}")
+            return
+        if config.agent.log_format != self.config.agent.log_format:
+            setup_logging(config.agent.log_format)
+        with self._reconcile_lock, self._state_lock:
+            self.config = config
+        self._set_sources(config)
+        self._fetch_all()
+        if self._scheduler is not None:
+            self._scheduler.reschedule_job(
+                "reconcile", trigger="interval", seconds=config.agent.verify_interval
+            )
+            self._schedule_refreshes()
+        outcome = self._reconcile({"reload"})
+        self.counters.reloads_ok += 1
+        unchanged = " (no change to enforcement)" if outcome and not outcome.applied else ""
+        event(log, logging.INFO, f"reloaded {self.config_path}{unchanged}", reason="reload")
+        self._update_egress(log_always=False)
+        self.notifier.ready(self.status_line())
+
+    # -- links and egress addresses -----------------------------------------------
+
+    def _egress_interfaces(self) -> list[str]:
+        return list(self.config.agent.egress_interfaces) or default_route_interfaces()
+
+    def _update_egress(self, *, log_always: bool) -> None:
+        try:
+            current = [
+                (a.interface, a.address) for a in interface_addresses(self._egress_interfaces())
+            ]
+        except Exception as exc:  # netlink trouble must not stop enforcement
+            log.warning("cannot read egress addresses: %s", exc)
+            return
+        if log_always or current != self.egress:
+            listed = ", ".join(f"{i} {a}" for i, a in current) or "none found"
+            event(
+                log,
+                logging.INFO if log_always else logging.WARNING,
+                f"egress addresses (Bitbucket's IP allowlist must contain them): {listed}",
+                egress=[{"interface": i, "address": a} for i, a in current],
+            )
+        self.egress = current
+
+    def _on_link_event(self, link_event: LinkEvent) -> None:
+        watched = set(self._egress_interfaces())
+        if link_event.interface not in watched and link_event.kind not in ("link-up",):
+            return
+        detail = f" {link_event.address}" if link_event.address else ""
+        event(
+            log,
+            logging.INFO,
+            f"link event: {link_event.interface} {link_event.kind}{detail}",
+            interface=link_event.interface,
+            link_event=link_event.kind,
+        )
+        self._update_egress(log_always=False)
+        if link_event.kind == "link-up":
+            # Connectivity may be back: retry failing sources now rather than at their
+            # next interval, and check the table.
+            with self._state_lock:
+                failing = [n for n, s in self._sources.items() if s.failure is not None]
+            for name in failing:
+                self._fetch(name, force=True)
+            self.request_reconcile(f"link up {link_event.interface}", verify=True)
+
+    # -- status --------------------------------------------------------------------
+
+    def status_line(self) -> str:
+        with self._state_lock:
+            groups = len(self.config.clients)
+            failing = sorted(n for n, s in self._sources.items() if s.failure is not None)
+        last = self.enforcer.last_applied
+        entries = sum(len(e) for e in last.groups.values()) if last is not None else 0
+        line = f"{groups} groups, {entries} entries"
+        if failing:
+            line += f", stale: {', '.join(failing)}"
+        if self.counters.reconciles_failed and self.enforcer.last_applied is None:
+            line += ", reconcile failing"
+        return line
+
+
+def _sample(items: list[str]) -> str:
+    shown = " ".join(items[:LOG_SAMPLE])
+    return shown + (f" … {len(items) - LOG_SAMPLE} more" if len(items) > LOG_SAMPLE else "")

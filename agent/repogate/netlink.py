@@ -1,0 +1,142 @@
+"""The only module that uses pyroute2: egress interfaces, their addresses, link events.
+
+pyroute2 0.9 runs its sockets on an asyncio loop owned by the thread that made
+them, so the watcher creates its socket inside its own thread; 0.7 (Debian
+bookworm) works the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, order=True)
+class InterfaceAddress:
+    interface: str
+    address: str
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    """A change worth reacting to: a link going up or down, an address added or removed."""
+
+    kind: str  # "link-up", "link-down", "address-added", "address-removed", "link-removed"
+    interface: str
+    address: str | None = None
+
+
+def _iproute() -> Any:
+    from pyroute2 import IPRoute  # noqa: PLC0415 - keep start-up fast for the CLI
+
+    return IPRoute()
+
+
+def default_route_interfaces() -> list[str]:
+    """Interfaces holding a default route (IPv4 or IPv6): where traffic leaves the host."""
+    with _iproute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        found: set[str] = set()
+        for family in (2, 10):  # AF_INET, AF_INET6
+            for route in ipr.get_default_routes(family=family):
+                index = route.get_attr("RTA_OIF")
+                if index in names:
+                    found.add(names[index])
+                for nexthop in route.get_attr("RTA_MULTIPATH") or []:
+                    if nexthop["oif"] in names:
+                        found.add(names[nexthop["oif"]])
+    return sorted(found)
+
+
+def interface_addresses(interfaces: Iterable[str]) -> list[InterfaceAddress]:
+    """Global-scope addresses of the named interfaces."""
+    wanted = set(interfaces)
+    result: list[InterfaceAddress] = []
+    with _iproute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for message in ipr.get_addr():
+            name = names.get(message["index"])
+            if name in wanted and message["scope"] == 0:  # RT_SCOPE_UNIVERSE
+                address = message.get_attr("IFA_ADDRESS") or message.get_attr("IFA_LOCAL")
+                if address:
+                    result.append(InterfaceAddress(name, address))
+    return sorted(result)
+
+
+class LinkWatcher:
+    """Calls `on_event` for link and address changes, from a daemon thread."""
+
+    def __init__(self, on_event: Callable[[LinkEvent], None]) -> None:
+        self._on_event = on_event
+        self._thread = threading.Thread(target=self._run, name="link-watcher", daemon=True)
+        self._ready = threading.Event()
+        self._states: dict[int, tuple[str, bool]] = {}
+        self.failed: str | None = None
+
+    def start(self, timeout: float = 5.0) -> None:
+        self._thread.start()
+        self._ready.wait(timeout)
+
+    def _run(self) -> None:
+        try:
+            from pyroute2.netlink.rtnl import (  # noqa: PLC0415
+                RTMGRP_IPV4_IFADDR,
+                RTMGRP_IPV6_IFADDR,
+                RTMGRP_LINK,
+            )
+
+            ipr = _iproute()
+            ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+            for link in ipr.get_links():
+                self._states[link["index"]] = (link.get_attr("IFLA_IFNAME"), _is_up(link))
+        except Exception as exc:  # any failure just disables the watcher
+            self.failed = str(exc)
+            log.warning("link watcher disabled: %s", exc)
+            self._ready.set()
+            return
+        self._ready.set()
+        while True:
+            try:
+                messages = ipr.get()
+            except Exception as exc:  # the watcher must never take the daemon down
+                self.failed = str(exc)
+                log.warning("link watcher stopped: %s", exc)
+                return
+            for message in messages:
+                for link_event in self._translate(message):
+                    try:
+                        self._on_event(link_event)
+                    except Exception:
+                        log.exception("link event handler failed")
+
+    def _translate(self, message: Any) -> list[LinkEvent]:
+        kind = message.get("event")
+        index = message.get("index")
+        if kind == "RTM_NEWLINK":
+            name = message.get_attr("IFLA_IFNAME")
+            up = _is_up(message)
+            previous = self._states.get(index)
+            self._states[index] = (name, up)
+            if previous is None or previous[1] != up:
+                return [LinkEvent("link-up" if up else "link-down", name)]
+        elif kind == "RTM_DELLINK":
+            name = self._states.pop(index, (message.get_attr("IFLA_IFNAME"), False))[0]
+            return [LinkEvent("link-removed", name)]
+        elif kind in ("RTM_NEWADDR", "RTM_DELADDR"):
+            name = self._states.get(index, (str(index), False))[0]
+            address = message.get_attr("IFA_ADDRESS") or message.get_attr("IFA_LOCAL")
+            added = kind == "RTM_NEWADDR"
+            return [LinkEvent("address-added" if added else "address-removed", name, address)]
+        return []
+
+
+def _is_up(link: Any) -> bool:
+    operstate = link.get_attr("IFLA_OPERSTATE")
+    if operstate in ("UP", "UNKNOWN"):  # UNKNOWN: tunnels and loopback that do not report
+        return bool(link["flags"] & 1)  # IFF_UP
+    return False

@@ -257,6 +257,12 @@ class FakeKernel:
         self.transactions.append(commands)
         return 0.0
 
+    def chain_comments(self, table: str, chain: str) -> tuple[str | None, ...] | None:
+        current = self.read_table(table)
+        if current is None or chain not in current.chains:
+            return None
+        return current.chains[chain].rule_comments
+
     # Helpers for tests.
 
     def set_counter(self, table: str, name: str, packets: int, octets: int) -> None:

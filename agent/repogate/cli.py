@@ -185,13 +185,26 @@ def _status(call: Invocation) -> int:
     from repogate.status import collect_status, format_status  # noqa: PLC0415
 
     current = call.backend().read_table(config.agent.table)
-    status = collect_status(config, gather(config, current))
+    store = StateStore(config.agent.state_dir)
+    store.load()  # read only: status never writes state
+    status = collect_status(config, gather(config, current, store), _egress(config))
     if args.json:
         json.dump(status.to_json(), out, indent=2)
         out.write("\n")
     else:
         out.write("\n".join(format_status(status)) + "\n")
     return EXIT_OK
+
+
+def _egress(config: Config) -> tuple[tuple[str, str], ...]:
+    """The host's egress addresses, or none if netlink cannot be read here."""
+    try:
+        from repogate import netlink  # noqa: PLC0415 - pyroute2 only when needed
+
+        interfaces = list(config.agent.egress_interfaces) or netlink.default_route_interfaces()
+        return tuple((a.interface, a.address) for a in netlink.interface_addresses(interfaces))
+    except Exception:  # status must work without pyroute2 or netlink access
+        return ()
 
 
 def _explain(call: Invocation) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,20 @@ class CounterStatus:
 
 
 @dataclass(frozen=True)
+class SourceStatus:
+    """A dynamic group's source: fresh, or serving last known good since when."""
+
+    group: str
+    kind: str
+    ok: bool
+    error: str = ""
+    stale_since: float | None = None
+    expires_at: float | None = None
+    expired: bool = False
+    rejected: int = 0
+
+
+@dataclass(frozen=True)
 class Status:
     table: str
     present: bool
@@ -45,6 +60,8 @@ class Status:
     groups: tuple[GroupStatus, ...] = ()
     counters: tuple[CounterStatus, ...] = ()
     pending: dict[str, int] = field(default_factory=dict)
+    sources: tuple[SourceStatus, ...] = ()
+    egress: tuple[tuple[str, str], ...] = ()  # (interface, address)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -56,6 +73,19 @@ class Status:
             "groups": {
                 g.name: {"count": len(g.entries), "entries": list(g.entries)} for g in self.groups
             },
+            "sources": {
+                src.group: {
+                    "type": src.kind,
+                    "ok": src.ok,
+                    "error": src.error,
+                    "stale_since": src.stale_since,
+                    "expires_at": src.expires_at,
+                    "expired": src.expired,
+                    "rejected": src.rejected,
+                }
+                for src in self.sources
+            },
+            "egress_addresses": [{"interface": i, "address": a} for i, a in self.egress],
             "counters": {
                 c.destination: {
                     "allowed": {"packets": c.allowed_packets, "bytes": c.allowed_bytes},
@@ -66,13 +96,16 @@ class Status:
         }
 
 
-def collect_status(config: Config, gathered: Gathered) -> Status:
+def collect_status(
+    config: Config, gathered: Gathered, egress: tuple[tuple[str, str], ...] = ()
+) -> Status:
     desired = gathered.desired
     current = gathered.current
     plan = diff(desired, current)
     pending = {"add": plan.elements_added, "delete": plan.elements_deleted}
+    sources = _sources(config, gathered)
     if current is None:
-        return Status(desired.table, False, False, pending=pending)
+        return Status(desired.table, False, False, pending=pending, sources=sources, egress=egress)
     set_names = sorted(set(current.sets) | set(desired.sets))
     sets = tuple(
         SetStatus(
@@ -104,12 +137,51 @@ def collect_status(config: Config, gathered: Gathered) -> Status:
                 denied.bytes if denied else 0,
             )
         )
-    return Status(desired.table, True, plan.is_empty, sets, tuple(groups), tuple(counters), pending)
+    return Status(
+        desired.table,
+        True,
+        plan.is_empty,
+        sets,
+        tuple(groups),
+        tuple(counters),
+        pending,
+        sources,
+        egress,
+    )
+
+
+def _sources(config: Config, gathered: Gathered) -> tuple[SourceStatus, ...]:
+    found = []
+    for group in config.clients:
+        if group.type == "static":
+            continue
+        result = gathered.collected.results.get(group.name)
+        stale = gathered.stale.get(group.name)
+        found.append(
+            SourceStatus(
+                group=group.name,
+                kind=group.type,
+                ok=result is not None,
+                error=gathered.collected.failures.get(group.name, ""),
+                stale_since=stale.since if stale else None,
+                expires_at=stale.expires_at if stale else None,
+                expired=stale.expired if stale else False,
+                rejected=result.rejected_count if result else 0,
+            )
+        )
+    return tuple(found)
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
 def format_status(status: Status, sample: int = 10) -> list[str]:
     if not status.present:
-        return [f"table inet {status.table}: not present (run `repogate sync`)"]
+        lines = [f"table inet {status.table}: not present (run `repogate sync`)"]
+        return lines + _format_sources_and_egress(status)
     state = (
         "in sync"
         if status.in_sync
@@ -125,10 +197,33 @@ def format_status(status: Status, sample: int = 10) -> list[str]:
         shown = " ".join(g.entries[:sample])
         more = f" … and {len(g.entries) - sample} more" if len(g.entries) > sample else ""
         lines.append(f"  {g.name}: {len(g.entries)} entries: {shown}{more}")
+    lines += _format_sources_and_egress(status)
     lines += ["", "traffic (since the table was created):"]
     for c in status.counters:
         lines.append(
             f"  {c.destination}: allowed {c.allowed_packets} packets / {c.allowed_bytes} bytes, "
             f"denied {c.denied_packets} packets / {c.denied_bytes} bytes"
         )
+    return lines
+
+
+def _format_sources_and_egress(status: Status) -> list[str]:
+    lines: list[str] = []
+    if status.sources:
+        lines += ["", "sources:"]
+        for src in status.sources:
+            if src.ok:
+                note = f", {src.rejected} entries rejected" if src.rejected else ""
+                lines.append(f"  {src.group} ({src.kind}): ok{note}")
+            else:
+                since = _when(src.stale_since)
+                until = _when(src.expires_at)
+                state = (
+                    f"EXPIRED at {until}: admits nobody"
+                    if src.expired
+                    else f"STALE since {since}, serving last known good until {until}"
+                )
+                lines.append(f"  {src.group} ({src.kind}): {state} ({src.error})")
+    lines += ["", "egress addresses (Bitbucket's IP allowlist must contain these):"]
+    lines += [f"  {i} {a}" for i, a in status.egress] or ["  none found"]
     return lines

@@ -326,9 +326,9 @@ def test_status_json_without_table(config_file: Path) -> None:
 def test_status_text(
     write_config: Callable[[str], Path], base_toml: str, config_file: Path, kernel: Any
 ) -> None:
-    assert run(["status", "--config", str(config_file)], kernel).lines == [
-        "table inet repogate: not present (run `repogate sync`)"
-    ]
+    absent = run(["status", "--config", str(config_file)], kernel).lines
+    assert absent[0] == "table inet repogate: not present (run `repogate sync`)"
+    assert "egress addresses (Bitbucket's IP allowlist must contain these):" in absent
     run(["sync", "--config", str(config_file)], kernel)
     changed = write_config(base_toml.replace('"10.9.8.7"', '"10.9.8.8", "10.9.8.9"'))
     result = run(["status", "--config", str(changed)], kernel)

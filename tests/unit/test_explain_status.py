@@ -125,7 +125,12 @@ def test_status_without_table(base_config: Config) -> None:
     assert not status.present
     assert not status.in_sync
     assert status.pending == {"add": 8, "delete": 0}
-    assert format_status(status) == ["table inet repogate: not present (run `repogate sync`)"]
+    assert format_status(status) == [
+        "table inet repogate: not present (run `repogate sync`)",
+        "",
+        "egress addresses (Bitbucket's IP allowlist must contain these):",
+        "  none found",
+    ]
 
 
 def test_status_in_sync(base_config: Config, desired: Desired, kernel_from: KernelFrom) -> None:

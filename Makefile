@@ -4,11 +4,14 @@
 PYTHON_SYSTEM := /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := nftables python3-nftables python3-venv iproute2 procps
+# python3-apscheduler, python3-pyroute2 and python3-pytest: the suite also runs on
+# Debian's packaged versions (test-debian), which the .deb depends on.
+APT_PACKAGES := nftables python3-nftables python3-venv iproute2 procps util-linux \
+	python3-apscheduler python3-pyroute2 python3-pytest systemd
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PIP := $(VENV)/.pip-stamp
 
-.PHONY: all deps venv test lint typecheck unit demo bench deb clean
+.PHONY: all deps venv test test-debian lint typecheck unit demo bench deb clean
 
 all: test
 
@@ -25,7 +28,8 @@ $(STAMP_APT):
 $(STAMP_PIP): $(STAMP_APT) pyproject.toml
 	test -x $(PY) || $(PYTHON_SYSTEM) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	# --upgrade: the venv sees Debian's packages; take PyPI's current releases over them.
+	$(PY) -m pip install -q --upgrade -e '.[test]' 'apscheduler>=3.9,<4' 'pyroute2>=0.7'
 	touch $@
 
 deps: $(STAMP_PIP)
@@ -43,6 +47,13 @@ unit: deps
 
 test: lint typecheck
 	$(PY) -m pytest -q tests
+	$(MAKE) --no-print-directory test-debian
+
+# The unit tests and the daemon's end-to-end tests again, on Debian bookworm's
+# packaged APScheduler, pyroute2 and pytest (/usr/bin/python3, no venv).
+test-debian: deps
+	@/usr/bin/python3 -c 'import importlib.metadata as m; print("debian packages:", *(f"{p} {m.version(p)}" for p in ("APScheduler", "pyroute2", "pytest")))'
+	PYTHONPATH=agent:. /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/unit tests/e2e/test_daemon.py
 
 demo: deps
 	$(PY) -m lab.demo

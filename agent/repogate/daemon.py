@@ -90,6 +90,7 @@ class Daemon:
         self._reconcile_lock = threading.Lock()  # one transaction at a time
         self._pending: set[str] = set()
         self._verify_pending = False
+        self._next_verify = 0.0  # time.monotonic() of the next full re-read
         self._busy_since: float | None = None
         self._sources: dict[str, SourceState] = {}
         self._scheduler: Any = None
@@ -117,6 +118,7 @@ class Daemon:
         self._fetch_all()
         # The rules of the previous run stay in force until this diff applies: the
         # table is never flushed or recreated at start.
+        self._next_verify = time.monotonic() + self.config.agent.verify_interval
         if self._reconcile({"start"}, verify=True) is None:
             log.error("initial reconcile failed; the previous rules (if any) stay in force")
             return EXIT_FAILURE
@@ -245,10 +247,17 @@ class Daemon:
             self._scheduler.modify_job("reconcile", next_run_time=wake)
 
     def _reconcile_job(self) -> None:
-        """Periodic verify, and the drain of reconciles requested by refreshes."""
+        """Periodic verify, and the drain of reconciles requested by refreshes.
+
+        Wakes from refreshes diff against the enforcer's model; only when a verify is
+        due (every verify_interval) or requested is the whole table re-read.
+        """
+        now = time.monotonic()
         with self._state_lock:
-            self._pending.add("verify")
-            self._verify_pending = True  # a periodic run always re-reads the table
+            if now >= self._next_verify:
+                self._pending.add("verify")
+                self._verify_pending = True
+                self._next_verify = now + self.config.agent.verify_interval
         while True:
             with self._state_lock:
                 if not self._pending:

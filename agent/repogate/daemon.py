@@ -298,6 +298,13 @@ class Daemon:
     def _refresh_job(self, name: str) -> None:
         if self._fetch(name, force=False):
             self.request_reconcile(f"refresh {name}")
+        with self._state_lock:
+            state = self._sources.get(name)
+            refresh_in = state.result.refresh_in if state and state.result else None
+        if refresh_in is not None and self._scheduler is not None:
+            # The source asked to be asked again sooner or later than its interval.
+            when = datetime.datetime.now(UTC) + datetime.timedelta(seconds=refresh_in)
+            self._scheduler.modify_job(f"refresh:{name}", next_run_time=when)
 
     def _fetch(self, name: str, *, force: bool) -> bool:
         """Fetch one source; return whether what it contributes may have changed."""

@@ -23,6 +23,8 @@ class SourceResult:
     rejected_count: int = 0
     rejected_sample: tuple[Rejected, ...] = ()
     origin: str = ""
+    # Seconds until the source wants asking again (a DNS TTL); None: its fixed interval.
+    refresh_in: float | None = None
 
 
 class Source(Protocol):

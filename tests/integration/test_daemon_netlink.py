@@ -1,0 +1,83 @@
+"""The daemon watches links and addresses through netlink (pyroute2), in a namespace."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.integration.conftest import REPO, Namespace
+
+CONFIG = """
+[agent]
+state_dir = "{state}"
+egress_interfaces = ["rgeg0"]
+
+[destinations.bitbucket]
+networks = ["198.51.100.0/24"]
+ports = [22, 443]
+
+[[clients]]
+name = "office"
+type = "static"
+addresses = ["10.20.0.0/16"]
+"""
+
+
+def wait_for(path: Path, text: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_text()
+        if text in content:
+            return content
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} not logged within {timeout}s:\n{path.read_text()}")
+
+
+def test_egress_address_changes_are_logged_and_reported(netns: Namespace) -> None:
+    netns.run("ip", "link", "add", "rgeg0", "type", "veth", "peer", "name", "rgeg1")
+    config = netns.write_config(CONFIG.format(state=netns.workdir / "state"))
+    log = netns.workdir / "daemon.log"
+    with log.open("w") as handle:
+        daemon = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                netns.name,
+                "env",
+                f"PYTHONPATH={REPO / 'agent'}",
+                sys.executable,
+                "-m",
+                "repogate",
+                "run",
+                "--config",
+                str(config),
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(log, "ready:")
+        assert "egress addresses (Bitbucket's IP allowlist must contain them): none found" in (
+            log.read_text()
+        )
+        netns.run("ip", "addr", "add", "192.0.2.77/24", "dev", "rgeg0")
+        netns.run("ip", "link", "set", "rgeg0", "up")
+        netns.run("ip", "link", "set", "rgeg1", "up")
+        wait_for(log, "rgeg0 192.0.2.77")
+        wait_for(log, "link event: rgeg0 link-up")
+        status = netns.repogate("status", config=config)
+        assert "  rgeg0 192.0.2.77" in status.stdout
+        netns.run("ip", "addr", "del", "192.0.2.77/24", "dev", "rgeg0")
+        wait_for(log, "link event: rgeg0 address-removed 192.0.2.77")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            code = daemon.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            raise
+    assert code == 0

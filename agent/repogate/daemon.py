@@ -35,12 +35,15 @@ from repogate.nft.backend import Backend, NftBackend
 from repogate.nft.builders import build_delete_table
 from repogate.notify import Notifier
 from repogate.plan import desired_state
+from repogate.render import render_boot
 from repogate.sources import Source, SourceResult, source_for
-from repogate.state import StateStore
+from repogate.state import StateStore, write_atomically
 
 log = logging.getLogger("repogate")
 UTC = datetime.UTC
 PROBE_INTERVAL = 2.0  # seconds between cheap "is the table still there" probes
+BOOT_RULESET = "ruleset.nft"  # in state_dir: the last enforced table, for nftables.conf
+BOOT_RULESET_EVERY = 10.0  # seconds between rewrites of it while changes keep coming
 RECONCILE_DEBOUNCE = 0.2  # seconds a wake waits, so a burst of refreshes coalesces
 STUCK_AFTER = 120.0  # a reconcile running longer stops the watchdog pings
 LOG_SAMPLE = 50  # entries listed per change in a log line (the count is always exact)
@@ -91,6 +94,8 @@ class Daemon:
         self._pending: set[str] = set()
         self._verify_pending = False
         self._next_verify = 0.0  # time.monotonic() of the next full re-read
+        self._ruleset_written = 0.0
+        self._ruleset_dirty = False
         self._busy_since: float | None = None
         self._sources: dict[str, SourceState] = {}
         self._scheduler: Any = None
@@ -161,6 +166,7 @@ class Daemon:
         with self._reconcile_lock:
             self._save_state(force=True)
             if self.config.agent.on_stop == "remove":
+                (self.config.agent.state_dir / BOOT_RULESET).unlink(missing_ok=True)
                 try:
                     if self.enforcer.backend.read_table(self.config.agent.table) is not None:
                         self.enforcer.backend.apply(build_delete_table(self.config.agent.table))
@@ -174,6 +180,7 @@ class Daemon:
                 except RepogateError as exc:
                     log.error("could not remove the table on stop: %s", exc)
             else:
+                self._write_boot_ruleset(self.enforcer.last_applied, force=self._ruleset_dirty)
                 event(
                     log,
                     logging.INFO,
@@ -401,7 +408,9 @@ class Daemon:
         if outcome.applied:
             self.counters.last_change = self.clock()
             self._log_changes(outcome, desired, "drift repair" if outcome.drift else reason)
+            self._ruleset_dirty = True
         self._save_state()
+        self._write_boot_ruleset(desired)
         self.notifier.status(self.status_line())
         return outcome
 
@@ -456,6 +465,25 @@ class Daemon:
                 )
         self.counters.stale = stale
 
+    def _write_boot_ruleset(self, desired: DesiredState | None, *, force: bool = False) -> None:
+        """Keep state_dir/ruleset.nft equal to the enforced table (see render_boot)."""
+        if desired is None or not (self._ruleset_dirty or force):
+            return
+        path = self.config.agent.state_dir / BOOT_RULESET
+        if (
+            not force
+            and path.exists()
+            and time.monotonic() - self._ruleset_written < (BOOT_RULESET_EVERY)
+        ):
+            return  # written recently: the next reconcile or the stop writes it
+        try:
+            write_atomically(path, render_boot(desired))
+        except OSError as exc:
+            log.warning("could not write %s: %s", path, exc)
+            return
+        self._ruleset_written = time.monotonic()
+        self._ruleset_dirty = False
+
     def _save_state(self, *, force: bool = False) -> None:
         try:
             if force:
@@ -489,7 +517,9 @@ class Daemon:
                 "reconcile", trigger="interval", seconds=config.agent.verify_interval
             )
             self._schedule_refreshes()
-        outcome = self._reconcile({"reload"})
+        # Re-read the kernel: a reload often follows `systemctl reload nftables`
+        # (ReloadPropagatedFrom=), whose flush the model knows nothing about.
+        outcome = self._reconcile({"reload"}, verify=True)
         self.counters.reloads_ok += 1
         unchanged = " (no change to enforcement)" if outcome and not outcome.applied else ""
         event(log, logging.INFO, f"reloaded {self.config_path}{unchanged}", reason="reload")

@@ -1,7 +1,8 @@
 """Logging for the daemon: one line per event on stderr, for journald or a terminal.
 
 Under systemd (JOURNAL_STREAM set) lines carry no timestamp of their own, since
-journald adds one. With `log_format = "json"` each line is one JSON object with
+journald adds one, and start with a `<N>` priority prefix that journald files
+them under. With `log_format = "json"` each line is one JSON object with
 the event's fields, for log shippers.
 """
 
@@ -23,19 +24,24 @@ def event(logger: logging.Logger, level: int, message: str, **fields: Any) -> No
     logger.log(level, message, extra={FIELDS: fields})
 
 
+# sd-daemon(3) priority prefixes: journald strips them and files the line at that
+# level, so `journalctl -u repogate -p warning` shows only what needs attention.
+JOURNAL_PRIORITY = {"CRITICAL": 2, "ERROR": 3, "WARNING": 4, "INFO": 6, "DEBUG": 7}
+
+
 class TextFormatter(logging.Formatter):
-    def __init__(self, timestamps: bool) -> None:
+    def __init__(self, journal: bool) -> None:
         super().__init__()
-        self.timestamps = timestamps
+        self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
         line = f"{record.levelname.lower()}: {record.getMessage()}"
         if record.exc_info:
             line += " | " + self.formatException(record.exc_info).replace("\n", " | ")
-        if self.timestamps:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
-            line = f"{stamp} {line}"
-        return line
+        if self.journal:
+            return f"<{JOURNAL_PRIORITY.get(record.levelname, 6)}>{line}"
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+        return f"{stamp} {line}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -61,7 +67,7 @@ def setup_logging(
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(TextFormatter(timestamps="JOURNAL_STREAM" not in env))
+        handler.setFormatter(TextFormatter(journal="JOURNAL_STREAM" in env))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -8,6 +8,18 @@ from repogate.nft import names
 from repogate.nft.builders import FAMILY
 from repogate.plan import jump_comment, rule_comment
 
+BOOT_HEADER = """\
+# Written by repogate: the table it last enforced. Include it from /etc/nftables.conf
+# (include "/var/lib/repogate/*.nft") so the gate is up before any network at boot;
+# the daemon takes the table over when it starts. Do not edit: it is rewritten.
+"""
+
+
+def render_boot(desired: DesiredState) -> str:
+    """A self-contained `nft -f` file: replaces the table if it exists, creates it if not."""
+    table = f"{FAMILY} {desired.table}"
+    return f"{BOOT_HEADER}table {table}\ndelete table {table}\n{render(desired)}"
+
 
 def render(desired: DesiredState) -> str:
     digest = desired.rules_digest

@@ -81,3 +81,44 @@ def test_egress_address_changes_are_logged_and_reported(netns: Namespace) -> Non
             daemon.kill()
             raise
     assert code == 0
+
+
+def test_the_boot_ruleset_restores_the_gate_before_the_daemon_runs(netns: Namespace) -> None:
+    state = netns.workdir / "state"
+    config = netns.write_config(
+        CONFIG.format(state=state).replace('egress_interfaces = ["rgeg0"]', "")
+    )
+    log = netns.workdir / "daemon.log"
+    with log.open("w") as handle:
+        daemon = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                netns.name,
+                "env",
+                f"PYTHONPATH={REPO / 'agent'}",
+                sys.executable,
+                "-m",
+                "repogate",
+                "run",
+                "--config",
+                str(config),
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(log, "ready:")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=10) == 0
+    ruleset = state / "ruleset.nft"
+    enforced = netns.nft("list", "table", "inet", "repogate")
+    # A reboot: the kernel forgets everything, nftables.service loads its config.
+    netns.run("nft", "flush", "ruleset")
+    netns.run("nft", "-f", str(ruleset))
+    assert netns.nft("list", "table", "inet", "repogate") == enforced
+    netns.run("nft", "-f", str(ruleset))  # loading it again replaces, never duplicates
+    assert netns.nft("list", "table", "inet", "repogate") == enforced
+    assert "in sync, no changes" in netns.repogate("sync", config=config).stdout

@@ -9,23 +9,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
 pytestmark = pytest.mark.skipif(
     shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian) to build the package"
 )
-
-
-@pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    built = subprocess.run(
-        [str(REPO / "packaging" / "build-deb"), str(out)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return Path(built.stdout.strip())
 
 
 def dpkg_field(deb: Path, field: str) -> str:
@@ -38,7 +24,15 @@ def test_control_fields_name_the_real_dependencies(deb: Path) -> None:
     assert dpkg_field(deb, "Package") == "repogate"
     assert dpkg_field(deb, "Architecture") == "all"
     depends = dpkg_field(deb, "Depends")
-    for dependency in ("python3-nftables", "nftables", "python3 (>= 3.11)"):
+    for dependency in (
+        "python3-nftables",
+        "nftables",
+        "python3 (>= 3.11)",
+        "python3-apscheduler (>= 3.9)",
+        "python3-pyroute2",
+        # postinst creates the service user with one or the other
+        "systemd-sysusers | adduser",
+    ):
         assert dependency in depends
 
 
@@ -55,15 +49,15 @@ def test_contents_are_owned_by_root_and_the_config_is_a_conffile(deb: Path, tmp_
     assert (control / "conffiles").read_text().split() == ["/etc/repogate/repogate.toml"]
 
 
-def test_the_packaged_cli_checks_the_packaged_config(deb: Path, tmp_path: Path) -> None:
-    subprocess.run(["dpkg-deb", "--extract", str(deb), str(tmp_path)], check=True)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "usr/lib/python3/dist-packages")}
+def test_the_packaged_cli_checks_the_packaged_config(installed_root: Path) -> None:
+    root = installed_root
+    env = {**os.environ, "PYTHONPATH": str(root / "usr/lib/python3/dist-packages")}
     result = subprocess.run(
         [
-            str(tmp_path / "usr/bin/repogate"),
+            str(root / "usr/bin/repogate"),
             "check",
             "--config",
-            str(tmp_path / "etc/repogate/repogate.toml"),
+            str(root / "etc/repogate/repogate.toml"),
         ],
         capture_output=True,
         text=True,

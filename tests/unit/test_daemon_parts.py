@@ -182,7 +182,7 @@ def test_text_logs_have_no_timestamp_under_journald() -> None:
     stream = io.StringIO()
     setup_logging("text", stream, environ={"JOURNAL_STREAM": "8:123"})
     logging.getLogger("repogate").warning("drift found")
-    assert stream.getvalue() == "warning: drift found\n"
+    assert stream.getvalue() == "<4>warning: drift found\n"  # priority for journald
     stream = io.StringIO()
     setup_logging("text", stream, environ={})
     logging.getLogger("repogate").warning("drift found")

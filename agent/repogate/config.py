@@ -10,20 +10,28 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from repogate.addresses import canonical_address
 from repogate.configcheck import Checker, did_you_mean
 from repogate.errors import ConfigError, ConfigProblem
+from repogate.presets import PRESETS
 from repogate.settings import (
     AgentConfig,
     ClientGroup,
     Config,
     Destination,
+    DnsClients,
+    FeedConfig,
     FileClients,
     Grant,
     Hook,
+    HttpClients,
+    HttpOptions,
+    ResolverConfig,
     Rule,
     StaticClients,
 )
@@ -34,9 +42,14 @@ __all__ = [
     "ClientGroup",
     "Config",
     "Destination",
+    "DnsClients",
+    "FeedConfig",
     "FileClients",
     "Grant",
     "Hook",
+    "HttpClients",
+    "HttpOptions",
+    "ResolverConfig",
     "Rule",
     "StaticClients",
     "config_path",
@@ -80,15 +93,29 @@ def load_config(path: Path) -> Config:
 def parse_config(data: Mapping[str, Any], path: Path | None = None) -> Config:
     """Check a decoded TOML document; raise ConfigError listing every problem."""
     check = Checker()
-    top = check.table(data, "", {"agent", "destinations", "clients", "rules"})
-    agent = _parse_agent(check, top.get("agent", {}))
-    destinations = _parse_destinations(check, top.get("destinations"))
+    top = check.table(data, "", {"agent", "resolver", "destinations", "clients", "rules"})
     base = path.parent if path is not None else None
+    agent = _parse_agent(check, top.get("agent", {}))
+    resolver = _parse_resolver(check, top.get("resolver", {}))
+    destinations = _parse_destinations(check, top.get("destinations"), base)
     clients = _parse_clients(check, top.get("clients"), agent, base)
     rules = _parse_rules(check, top.get("rules", []), destinations, clients)
     if check.problems:
         raise ConfigError(check.problems, str(path) if path else "")
-    return Config(agent, destinations, clients, rules, path)
+    return Config(agent, destinations, clients, rules, path, resolver)
+
+
+def _parse_resolver(check: Checker, raw: object) -> ResolverConfig:
+    table = check.table(raw, "resolver", {"nameservers", "port", "timeout"})
+    nameservers = check.list_of(table, "resolver", "nameservers", str, [])
+    for index, server in enumerate(nameservers):
+        if canonical_address(server) is None:
+            check.problem(f"resolver.nameservers[{index}]", f"{server!r} is not an IP address")
+    return ResolverConfig(
+        nameservers=tuple(nameservers),
+        port=check.integer(table, "resolver", "port", 53, low=1, high=65535),
+        timeout=check.duration(table, "resolver", "timeout", 2.0, low=0.05),
+    )
 
 
 def _parse_agent(check: Checker, raw: object) -> AgentConfig:
@@ -107,6 +134,7 @@ def _parse_agent(check: Checker, raw: object) -> AgentConfig:
             "log_format",
             "egress_interfaces",
             "max_stale",
+            "max_shrink",
         },
     )
     name = check.string(table, "agent", "table", defaults.table)
@@ -135,6 +163,7 @@ def _parse_agent(check: Checker, raw: object) -> AgentConfig:
     log_format = check.choice(table, "agent", "log_format", "text", ("text", "json"))
     verify = check.duration(table, "agent", "verify_interval", defaults.verify_interval, low=1)
     max_stale = check.duration(table, "agent", "max_stale", defaults.max_stale)
+    max_shrink = check.fraction(table, "agent", "max_shrink")
     interfaces = check.list_of(table, "agent", "egress_interfaces", str, [])
     for index, interface in enumerate(interfaces):
         if not IFNAME_PATTERN.fullmatch(interface):
@@ -152,10 +181,25 @@ def _parse_agent(check: Checker, raw: object) -> AgentConfig:
         log_format="json" if log_format == "json" else "text",
         egress_interfaces=tuple(interfaces),
         max_stale=max_stale,
+        max_shrink=defaults.max_shrink if max_shrink is None else max_shrink,
     )
 
 
-def _parse_destinations(check: Checker, raw: object) -> dict[str, Destination]:
+DESTINATION_KEYS = {
+    "networks",
+    "hosts",
+    "ports",
+    "preset",
+    "feed_url",
+    "feed_ca_file",
+    "feed_interval",
+    "linger",
+    "min_refresh",
+    "max_refresh",
+}
+
+
+def _parse_destinations(check: Checker, raw: object, base: Path | None) -> dict[str, Destination]:
     if raw is None:
         check.problem("destinations", "at least one destination is required")
         return {}
@@ -164,24 +208,93 @@ def _parse_destinations(check: Checker, raw: object) -> dict[str, Destination]:
     for name, spec in table.items():
         path = f"destinations.{name}"
         check.name(path, name)
-        entries_table = check.table(
-            spec, path, {"networks", "ports"}, required={"networks", "ports"}
+        destination = _parse_destination(
+            check, name, check.table(spec, path, DESTINATION_KEYS), base
         )
-        entries = tuple(
-            check.entries(
-                entries_table,
-                path,
-                "networks",
-                min_prefix=DESTINATION_PREFIX_LIMITS,
-                required=True,
-                limit_reason="a destination this broad would gate unrelated traffic",
-            )
-        )
-        ports = check.ports(entries_table, path, "ports", required=True)
-        destinations[name] = Destination(name, entries, tuple(ports or ()))
+        if destination is not None:
+            destinations[name] = destination
     if isinstance(raw, dict) and not raw:
         check.problem("destinations", "at least one destination is required")
     return destinations
+
+
+def _parse_destination(
+    check: Checker, name: str, table: dict[str, Any], base: Path | None
+) -> Destination | None:
+    path = f"destinations.{name}"
+    preset_name = check.string(table, path, "preset", None)
+    preset = PRESETS.get(preset_name) if preset_name else None
+    if preset_name is not None and preset is None:
+        check.problem(
+            f"{path}.preset", f"{preset_name!r} is not a preset ({', '.join(sorted(PRESETS))})"
+        )
+    if preset is None and not ({"networks", "hosts"} & table.keys()):
+        check.problem(path, "needs networks, hosts or a preset")
+    entries = check.entries(
+        table,
+        path,
+        "networks",
+        min_prefix=DESTINATION_PREFIX_LIMITS,
+        required=preset is None and "hosts" not in table,
+        limit_reason="a destination this broad would gate unrelated traffic",
+    )
+    hosts = check.hostnames(table, path, "hosts")
+    ports = check.ports(table, path, "ports", required=preset is None)
+    if preset is None and "ports" not in table:
+        check.problem(f"{path}.ports", "is required")
+    feed: FeedConfig | None = None
+    if preset is not None:
+        hosts = list(dict.fromkeys([*preset.hosts, *hosts]))
+        ports = ports or list(preset.ports)
+        url = check.string(table, path, "feed_url", preset.feed_url)
+        if url and _check_url(check, f"{path}.feed_url", url, allow_insecure=False):
+            ca_file = check.string(table, path, "feed_ca_file", None)
+            feed = FeedConfig(
+                http=HttpOptions(url=url, ca_file=_path(ca_file, base), timeout=30.0),
+                products=preset.feed_products,
+                directions=preset.feed_directions,
+                interval=check.duration(table, path, "feed_interval", 6 * 3600.0, low=60),
+            )
+    else:
+        for key in ("feed_url", "feed_ca_file", "feed_interval"):
+            if key in table:
+                check.problem(f"{path}.{key}", "only applies with a preset")
+    min_refresh = check.duration(table, path, "min_refresh", 30.0, low=1)
+    max_refresh = check.duration(table, path, "max_refresh", 3600.0, low=1)
+    if max_refresh < min_refresh:
+        check.problem(f"{path}.max_refresh", "is shorter than min_refresh")
+    return Destination(
+        name=name,
+        entries=tuple(entries),
+        ports=tuple(ports or ()),
+        hosts=tuple(hosts),
+        feed=feed,
+        preset=preset_name if preset is not None else None,
+        linger=check.duration(table, path, "linger", 3600.0),
+        min_refresh=min_refresh,
+        max_refresh=max_refresh,
+    )
+
+
+def _check_url(check: Checker, path: str, url: str, *, allow_insecure: bool) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        check.problem(path, f"{url!r} is not an http(s) URL")
+        return False
+    if parts.scheme == "http" and not allow_insecure:
+        check.problem(path, f"{url!r} is not HTTPS (set allow_insecure = true to allow it)")
+        return False
+    if parts.username or parts.password:
+        check.problem(path, "must not carry credentials: use token_file")
+        return False
+    return True
+
+
+def _path(value: str | None, base: Path | None) -> Path | None:
+    if value is None:
+        return None
+    resolved = Path(value)
+    return base / resolved if not resolved.is_absolute() and base is not None else resolved
 
 
 def _parse_clients(
@@ -243,7 +356,7 @@ def _parse_file(
     table = check.table(
         spec,
         path,
-        {"name", "type", "path", "format", "json_path", "interval", "max_stale"},
+        {"name", "type", "path", "format", "json_path", "interval", "max_stale", "max_shrink"},
         required={"name", "path"},
     )
     name = check.string(table, path, "name", None)
@@ -270,13 +383,113 @@ def _parse_file(
         json_path=json_path,
         interval=interval,
         max_stale=max_stale,
+        max_shrink=check.fraction(table, path, "max_shrink"),
+    )
+
+
+HTTP_KEYS = {
+    "name",
+    "type",
+    "url",
+    "format",
+    "json_path",
+    "interval",
+    "allow_insecure",
+    "ca_file",
+    "token_file",
+    "timeout",
+    "max_bytes",
+    "max_stale",
+    "max_shrink",
+}
+
+
+def _parse_http(
+    check: Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
+) -> HttpClients | None:
+    table = check.table(spec, path, HTTP_KEYS, required={"name", "url"})
+    name = check.string(table, path, "name", None)
+    if name is not None:
+        check.name(f"{path}.name", name)
+    insecure = check.boolean(table, path, "allow_insecure", False)
+    url = check.string(table, path, "url", None)
+    url_ok = url is not None and _check_url(check, f"{path}.url", url, allow_insecure=insecure)
+    list_format = check.choice(table, path, "format", "lines", ("lines", "json"))
+    json_path = check.string(table, path, "json_path", None)
+    if json_path is not None and list_format != "json":
+        check.problem(f"{path}.json_path", 'only applies with format = "json"')
+    if "token" in spec:
+        check.problem(f"{path}.token", "never write a token in the config: use token_file")
+    options = HttpOptions(
+        url=url or "",
+        allow_insecure=insecure,
+        ca_file=_path(check.string(table, path, "ca_file", None), base),
+        token_file=_path(check.string(table, path, "token_file", None), base),
+        timeout=check.duration(table, path, "timeout", 10.0, low=0.1),
+        max_bytes=check.integer(table, path, "max_bytes", 16 * 1024 * 1024, low=1, high=2**31),
+    )
+    interval = check.duration(table, path, "interval", 300.0, low=1)
+    if name is None or not url_ok:
+        return None
+    return HttpClients(
+        name=name,
+        http=options,
+        format="json" if list_format == "json" else "lines",
+        json_path=json_path,
+        interval=interval,
+        max_stale=check.duration(table, path, "max_stale", -1.0) if "max_stale" in table else None,
+        max_shrink=check.fraction(table, path, "max_shrink"),
+    )
+
+
+DNS_KEYS = {
+    "name",
+    "type",
+    "names",
+    "min_refresh",
+    "max_refresh",
+    "max_addresses",
+    "max_stale",
+    "max_shrink",
+}
+
+
+def _parse_dns(
+    check: Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
+) -> DnsClients | None:
+    table = check.table(spec, path, DNS_KEYS, required={"name", "names"})
+    name = check.string(table, path, "name", None)
+    if name is not None:
+        check.name(f"{path}.name", name)
+    names = check.hostnames(table, path, "names")
+    if "names" in table and not names and not check.problems:
+        check.problem(f"{path}.names", "must name at least one host")
+    min_refresh = check.duration(table, path, "min_refresh", 30.0, low=1)
+    max_refresh = check.duration(table, path, "max_refresh", 3600.0, low=1)
+    if max_refresh < min_refresh:
+        check.problem(f"{path}.max_refresh", "is shorter than min_refresh")
+    if name is None:
+        return None
+    return DnsClients(
+        name=name,
+        names=tuple(names),
+        min_refresh=min_refresh,
+        max_refresh=max_refresh,
+        max_addresses=check.integer(table, path, "max_addresses", 8, low=1, high=1024),
+        max_stale=check.duration(table, path, "max_stale", -1.0) if "max_stale" in table else None,
+        max_shrink=check.fraction(table, path, "max_shrink"),
     )
 
 
 ClientParser = Callable[
     ["Checker", dict[str, Any], str, AgentConfig, Path | None], ClientGroup | None
 ]
-CLIENT_TYPES: dict[str, ClientParser] = {"static": _parse_static, "file": _parse_file}
+CLIENT_TYPES: dict[str, ClientParser] = {
+    "static": _parse_static,
+    "file": _parse_file,
+    "http": _parse_http,
+    "dns": _parse_dns,
+}
 
 
 def _parse_rules(

@@ -17,6 +17,9 @@ from repogate.errors import ConfigProblem
 MAX_PROBLEMS_PER_LIST = 20
 # Group and destination names become parts of nft object names.
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+HOSTNAME_PATTERN = re.compile(
+    r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?"
+)
 DURATION_PATTERN = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -69,7 +72,7 @@ class Checker:
     def string(self, table: dict[str, Any], path: str, key: str, default: str | None) -> str | None:
         value = table.get(key, default)
         if value is not None and not isinstance(value, str):
-            self.problem(f"{path}.{key}", f"must be a string, not {_kind(value)}")
+            self.problem(f"{path}.{key}", f"must be a string, not {type_name(value)}")
             return default
         if isinstance(value, str) and not value:
             self.problem(f"{path}.{key}", "must not be empty")
@@ -105,12 +108,50 @@ class Checker:
             return default
         return value
 
+    def boolean(self, table: dict[str, Any], path: str, key: str, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            self.problem(f"{path}.{key}", f"must be true or false, not {type_name(value)}")
+            return default
+        return value
+
+    def fraction(self, table: dict[str, Any], path: str, key: str) -> float | None:
+        """A share from `0.5` or `"50%"`, between 0 and 1; None when the key is absent."""
+        value = table.get(key)
+        if value is None:
+            return None
+        share: float | None = None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            share = float(value)
+        elif isinstance(value, str) and value.strip().endswith("%"):
+            try:
+                share = float(value.strip()[:-1]) / 100
+            except ValueError:
+                share = None
+        if share is None or not 0 <= share <= 1:
+            self.problem(f"{path}.{key}", f'{value!r} is not a share like 0.5 or "50%"')
+            return None
+        return share
+
+    def hostnames(self, table: dict[str, Any], path: str, key: str) -> list[str]:
+        """DNS names, lower-cased, without a trailing dot."""
+        names: list[str] = []
+        for index, name in enumerate(self.list_of(table, path, key, str, [])):
+            normal = name.strip().rstrip(".").lower()
+            if not HOSTNAME_PATTERN.fullmatch(normal) or len(normal) > 253:
+                self.problem(f"{path}.{key}[{index}]", f"{name!r} is not a DNS name")
+            elif normal in names:
+                self.problem(f"{path}.{key}[{index}]", f"{name!r} is listed twice")
+            else:
+                names.append(normal)
+        return names
+
     def integer(
         self, table: dict[str, Any], path: str, key: str, default: int, *, low: int, high: int
     ) -> int:
         value = table.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
-            self.problem(f"{path}.{key}", f"must be an integer, not {_kind(value)}")
+            self.problem(f"{path}.{key}", f"must be an integer, not {type_name(value)}")
             return default
         if not low <= value <= high:
             self.problem(f"{path}.{key}", f"{value} is outside {low}-{high}")
@@ -122,14 +163,14 @@ class Checker:
     ) -> list[str]:
         value = table.get(key, default)
         if not isinstance(value, list):
-            self.problem(f"{path}.{key}", f"must be a list, not {_kind(value)}")
+            self.problem(f"{path}.{key}", f"must be a list, not {type_name(value)}")
             return []
         good: list[str] = []
         for index, item in enumerate(value):
             if isinstance(item, kind):
                 good.append(item)
             else:
-                self.problem(f"{path}.{key}[{index}]", f"must be a string, not {_kind(item)}")
+                self.problem(f"{path}.{key}[{index}]", f"must be a string, not {type_name(item)}")
         return good
 
     def ports(
@@ -168,7 +209,7 @@ class Checker:
             return []
         value = table[key]
         if not isinstance(value, list):
-            self.problem(f"{path}.{key}", f"must be a list, not {_kind(value)}")
+            self.problem(f"{path}.{key}", f"must be a list, not {type_name(value)}")
             return []
         if required and not value:
             self.problem(f"{path}.{key}", "must not be empty")
@@ -195,7 +236,7 @@ class Checker:
         return entries
 
 
-def _kind(value: object) -> str:
+def type_name(value: object) -> str:
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
     names.update({list: "a list", dict: "a table"})
     return names.get(type(value), type(value).__name__)

@@ -33,6 +33,8 @@ class AgentConfig:
     egress_interfaces: tuple[str, ...] = ()
     # How long a failing source's last known good entries stay enforced.
     max_stale: float = 86400.0
+    # A refresh that shrinks a list by more than this fraction is held back.
+    max_shrink: float = 0.5
 
     @property
     def prefix_limits(self) -> dict[int, int]:
@@ -40,10 +42,50 @@ class AgentConfig:
 
 
 @dataclass(frozen=True)
+class ResolverConfig:
+    nameservers: tuple[str, ...] = ()  # empty: the system's /etc/resolv.conf
+    port: int = 53
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """How to fetch a URL: the part HTTP client groups and IP-range feeds share."""
+
+    url: str
+    allow_insecure: bool = False  # plain http:// (and https -> http redirects)
+    ca_file: Path | None = None  # trust this CA (bundle) instead of the system's
+    token_file: Path | None = None  # a bearer token, read at each fetch
+    timeout: float = 10.0
+    max_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    """A published IP-range feed (Atlassian's JSON), filtered by product and direction."""
+
+    http: HttpOptions
+    products: tuple[str, ...]
+    directions: tuple[str, ...]
+    interval: float = 6 * 3600.0
+
+
+@dataclass(frozen=True)
 class Destination:
     name: str
     entries: tuple[Entry, ...]
     ports: tuple[int, ...]
+    hosts: tuple[str, ...] = ()  # resolved (A and AAAA) and unioned with `entries`
+    feed: FeedConfig | None = None
+    preset: str | None = None
+    # An address that left DNS stays allowed this long, for clients with cached answers.
+    linger: float = 3600.0
+    min_refresh: float = 30.0
+    max_refresh: float = 3600.0
+
+    @property
+    def dynamic(self) -> bool:
+        return bool(self.hosts or self.feed)
 
 
 @dataclass(frozen=True)
@@ -65,10 +107,43 @@ class FileClients:
     json_path: str | None = None  # dotted key path to the list inside a JSON document
     interval: float = 10.0  # how often the daemon checks the file for changes
     max_stale: float | None = None  # None: agent.max_stale
+    max_shrink: float | None = None  # None: agent.max_shrink
     type: Literal["file"] = "file"
 
 
-ClientGroup = StaticClients | FileClients
+@dataclass(frozen=True)
+class HttpClients:
+    """A client group fetched over HTTPS (an MDM or inventory export)."""
+
+    name: str
+    http: HttpOptions
+    format: Literal["lines", "json"] = "lines"
+    json_path: str | None = None
+    interval: float = 300.0
+    max_stale: float | None = None
+    max_shrink: float | None = None
+    type: Literal["http"] = "http"
+
+
+@dataclass(frozen=True)
+class DnsClients:
+    """A client group of dynamic-DNS names, each refreshed when its TTL runs out."""
+
+    name: str
+    names: tuple[str, ...]
+    min_refresh: float = 30.0
+    max_refresh: float = 3600.0
+    max_addresses: int = 8  # per name: more are rejected (a wildcard or a CDN answer)
+    max_stale: float | None = None
+    max_shrink: float | None = None
+    type: Literal["dns"] = "dns"
+
+    @property
+    def interval(self) -> float:
+        return self.min_refresh
+
+
+ClientGroup = StaticClients | FileClients | HttpClients | DnsClients
 
 
 @dataclass(frozen=True)
@@ -94,10 +169,15 @@ class Config:
     clients: tuple[ClientGroup, ...]
     rules: tuple[Rule, ...] = ()
     path: Path | None = None
+    resolver: ResolverConfig = ResolverConfig()
 
     def max_stale(self, group: ClientGroup) -> float:
         own = getattr(group, "max_stale", None)
         return float(own) if own is not None else self.agent.max_stale
+
+    def max_shrink(self, group: ClientGroup) -> float:
+        own = getattr(group, "max_shrink", None)
+        return float(own) if own is not None else self.agent.max_shrink
 
     def group(self, name: str) -> ClientGroup:
         return next(group for group in self.clients if group.name == name)

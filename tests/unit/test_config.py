@@ -377,7 +377,7 @@ def test_agent_not_a_table(config_dict: dict[str, Any]) -> None:
 
 def test_destination_without_networks(config_dict: dict[str, Any]) -> None:
     del config_dict["destinations"]["bitbucket"]["networks"]
-    assert problems(config_dict) == ["destinations.bitbucket.networks: is required"]
+    assert problems(config_dict) == ["destinations.bitbucket: needs networks, hosts or a preset"]
 
 
 def test_destination_with_empty_networks(config_dict: dict[str, Any]) -> None:

@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the plan, change nothing"
     )
     sync_parser.add_argument(
+        "--accept-shrink",
+        action="store_true",
+        help="apply lists that shrank by more than max_shrink (held back otherwise)",
+    )
+    sync_parser.add_argument(
         "--show-transaction",
         action="store_true",
         help="also print the libnftables JSON transaction",
@@ -135,8 +140,15 @@ def _sync(call: Invocation) -> int:
     args, config, out = call.args, call.config, call.out
     store = StateStore(config.agent.state_dir)
     store.load()
-    result = sync(config, call.backend(), dry_run=args.dry_run, store=store)
-    for line in describe_sources(config, result.gathered.collected, result.gathered.stale):
+    result = sync(
+        config,
+        call.backend(),
+        dry_run=args.dry_run,
+        store=store,
+        accept_shrink=args.accept_shrink,
+    )
+    gathered = result.gathered
+    for line in describe_sources(config, gathered.collected, gathered.stale, gathered.held):
         print(line, file=out)
     if not args.dry_run:
         try:
@@ -160,8 +172,15 @@ def _sync(call: Invocation) -> int:
         )
     if result.failures:
         print(
-            f"repogate: {len(result.failures)} source(s) failed; their groups keep the "
-            "entries enforced now",
+            f"repogate: {len(result.failures)} source(s) failed; they keep their last "
+            "known good entries",
+            file=call.err,
+        )
+        return EXIT_FAILURE
+    if gathered.held:
+        print(
+            f"repogate: {len(gathered.held)} source(s) held back for shrinking; "
+            "check them, then `repogate sync --accept-shrink`",
             file=call.err,
         )
         return EXIT_FAILURE

@@ -24,10 +24,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from repogate.config import Config, StaticClients, load_config
+from repogate.config import Config, load_config
 from repogate.enforcer import Enforcer, Outcome
 from repogate.errors import ConfigError, RepogateError, SourceError
-from repogate.lastgood import Staleness, resolve
+from repogate.lastgood import ShrinkHold, Staleness, resolve
 from repogate.logs import event, setup_logging
 from repogate.model import DesiredState
 from repogate.netlink import LinkEvent, LinkWatcher, default_route_interfaces, interface_addresses
@@ -36,7 +36,7 @@ from repogate.nft.builders import build_delete_table
 from repogate.notify import Notifier
 from repogate.plan import desired_state
 from repogate.render import render_boot
-from repogate.sources import Source, SourceResult, source_for
+from repogate.sources import Source, SourceResult, SourceSpec, specs
 from repogate.state import StateStore, write_atomically
 
 log = logging.getLogger("repogate")
@@ -53,6 +53,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
 @dataclass
 class SourceState:
+    spec: SourceSpec
     source: Source
     result: SourceResult | None = None
     failure: str | None = None
@@ -71,6 +72,7 @@ class Counters:
     reloads_failed: int = 0
     last_change: float | None = None
     stale: dict[str, Staleness] = field(default_factory=dict)
+    held: dict[str, ShrinkHold] = field(default_factory=dict)
 
 
 class Daemon:
@@ -98,6 +100,8 @@ class Daemon:
         self._ruleset_dirty = False
         self._busy_since: float | None = None
         self._sources: dict[str, SourceState] = {}
+        self._resolver: object | None = None
+        self._resolver_settings: object | None = None
         self._scheduler: Any = None
 
     # -- life cycle ---------------------------------------------------------------
@@ -230,16 +234,16 @@ class Daemon:
             if job.id.startswith("refresh:"):
                 job.remove()
         now = datetime.datetime.now(UTC)
-        for group in self.config.clients:
-            interval = getattr(group, "interval", None)
-            if isinstance(group, StaticClients) or interval is None:
-                continue  # static entries change only with the config
+        with self._state_lock:
+            dynamic = [s.spec for s in self._sources.values() if s.spec.interval is not None]
+        for spec in dynamic:
+            interval = float(spec.interval or 60.0)
             self._scheduler.add_job(
                 self._refresh_job,
                 "interval",
-                args=[group.name],
+                args=[spec.key],
                 seconds=interval,
-                id=f"refresh:{group.name}",
+                id=f"refresh:{spec.key}",
                 max_instances=1,
                 coalesce=True,
                 next_run_time=now + datetime.timedelta(seconds=interval),
@@ -288,19 +292,39 @@ class Daemon:
     # -- sources -------------------------------------------------------------------
 
     def _set_sources(self, config: Config) -> None:
+        """One SourceState per source of the config; unchanged sources keep their state
+        (a DNS source its per-name cache), so a reload does not re-fetch everything."""
+        found = specs(config)
+        if any(spec.kind in ("dns", "hosts") for spec in found):
+            found = specs(config, self._shared_resolver(config))
         with self._state_lock:
             old = self._sources
             self._sources = {}
-            for group in config.clients:
-                state = SourceState(source_for(group, config))
-                previous = old.get(group.name)
-                if previous is not None and type(previous.source) is type(state.source):
-                    state.failing_since = previous.failing_since
-                self._sources[group.name] = state
+            for spec in found:
+                previous = old.get(spec.key)
+                if previous is not None and previous.spec == spec:
+                    self._sources[spec.key] = previous
+                else:
+                    self._sources[spec.key] = SourceState(spec, spec.make())
 
-    def _fetch_all(self) -> None:
-        for name in list(self._sources):
-            self._fetch(name, force=True)
+    def _shared_resolver(self, config: Config) -> object:
+        """One resolver for every DNS source, remade when [resolver] changes."""
+        if self._resolver is None or self._resolver_settings != config.resolver:
+            from repogate.sources import shared_resolver  # noqa: PLC0415
+
+            self._resolver = shared_resolver(config)
+            self._resolver_settings = config.resolver
+        return self._resolver
+
+    def _fetch_all(self, *, only_new: bool = False) -> None:
+        with self._state_lock:
+            keys = [
+                key
+                for key, state in self._sources.items()
+                if not only_new or (state.result is None and state.failure is None)
+            ]
+        for key in keys:
+            self._fetch(key, force=True)
 
     def _refresh_job(self, name: str) -> None:
         if self._fetch(name, force=False):
@@ -321,7 +345,10 @@ class Daemon:
             return False
         signature = state.source.signature()
         unchanged = signature is not None and signature == state.signature
-        if not force and unchanged and state.failure is None:
+        # A held-back shrink is fetched again even if unchanged: the next refresh that
+        # agrees with it is what releases it.
+        held = name in self.counters.held
+        if not force and unchanged and state.failure is None and not held:
             return False
         started = time.perf_counter()
         try:
@@ -348,6 +375,8 @@ class Daemon:
             state.signature = signature
         if recovered:
             event(log, logging.INFO, f"source {name} recovered", source=name)
+        if held:
+            changed = True  # let the reconcile compare it with the held-back list
         if result.rejected_count:
             sample = "; ".join(str(r) for r in result.rejected_sample[:3])
             event(
@@ -374,18 +403,23 @@ class Daemon:
         reason = ", ".join(sorted(reasons))
         with self._state_lock:
             config = self.config
+            source_specs = [state.spec for state in self._sources.values()]
             results = {n: s.result for n, s in self._sources.items() if s.result is not None}
             failures = {n: s.failure for n, s in self._sources.items() if s.failure is not None}
-        entries, stale = resolve(
+        if self.store.reload_if_changed():
+            log.info("state file changed on disk (repogate sync); re-read it")
+        resolved = resolve(
             config,
             results=results,
             failures=failures,
             store=self.store,
             current=self.enforcer.model,
             now=self.clock(),
+            source_specs=source_specs,
         )
-        self._log_staleness(stale)
-        desired = desired_state(config, entries)
+        self._log_staleness(resolved.stale)
+        self._log_holds(resolved.held)
+        desired = desired_state(config, resolved.groups, resolved.destinations)
         try:
             outcome = self.enforcer.apply(desired, verify=verify)
         except RepogateError as exc:
@@ -451,6 +485,23 @@ class Daemon:
             reason=reason,
         )
 
+    def _log_holds(self, held: dict[str, ShrinkHold]) -> None:
+        for key, hold in held.items():
+            if key not in self.counters.held:
+                event(
+                    log,
+                    logging.WARNING,
+                    f"source {key} shrank from {hold.previous} to {hold.proposed} entries, "
+                    "more than max_shrink: held back; the previous entries stay until the "
+                    "next refresh agrees or `repogate sync --accept-shrink`",
+                    source=key,
+                    previous=hold.previous,
+                    proposed=hold.proposed,
+                )
+        for key in set(self.counters.held) - set(held):
+            event(log, logging.INFO, f"source {key}: shrink confirmed and applied", source=key)
+        self.counters.held = held
+
     def _log_staleness(self, stale: dict[str, Staleness]) -> None:
         previous = self.counters.stale
         for name, info in stale.items():
@@ -511,7 +562,7 @@ class Daemon:
         with self._reconcile_lock, self._state_lock:
             self.config = config
         self._set_sources(config)
-        self._fetch_all()
+        self._fetch_all(only_new=False)
         if self._scheduler is not None:
             self._scheduler.reschedule_job(
                 "reconcile", trigger="interval", seconds=config.agent.verify_interval
@@ -577,11 +628,14 @@ class Daemon:
         with self._state_lock:
             groups = len(self.config.clients)
             failing = sorted(n for n, s in self._sources.items() if s.failure is not None)
+        held = sorted(self.counters.held)
         last = self.enforcer.last_applied
         entries = sum(len(e) for e in last.groups.values()) if last is not None else 0
         line = f"{groups} groups, {entries} entries"
         if failing:
             line += f", stale: {', '.join(failing)}"
+        if held:
+            line += f", held back: {', '.join(held)}"
         if self.counters.reconciles_failed and self.enforcer.last_applied is None:
             line += ", reconcile failing"
         return line

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from repogate.addresses import Entry, Family, NormalisedEntries, collapse
+from repogate.addresses import Entry, Family, NormalisedEntries, collapse, parse_entry
 from repogate.config import Config
 from repogate.model import (
     CounterValue,
@@ -29,8 +29,15 @@ DELETE_COST_PER_SET_ELEMENT = 1.0e-6
 REFILL_COST_PER_ELEMENT = 1.0e-5
 
 
-def desired_state(config: Config, group_entries: Mapping[str, NormalisedEntries]) -> DesiredState:
-    """The table repogate wants for this config and what its sources returned."""
+def desired_state(
+    config: Config,
+    group_entries: Mapping[str, NormalisedEntries],
+    destination_entries: Mapping[str, NormalisedEntries] | None = None,
+) -> DesiredState:
+    """The table repogate wants for this config and what its sources returned.
+
+    `destination_entries` are what DNS and feeds add to a destination's own networks.
+    """
     sets: dict[str, SetSpec] = {}
     groups: dict[str, NormalisedEntries] = {}
     for group in config.clients:
@@ -50,7 +57,8 @@ def desired_state(config: Config, group_entries: Mapping[str, NormalisedEntries]
             names.counter(destination.name, "allowed"),
             names.counter(destination.name, "denied"),
         ]
-        collapsed = destination_elements(destination.entries)
+        dynamic = (destination_entries or {}).get(destination.name)
+        collapsed = destination_elements(destination.entries, dynamic)
         for family in FAMILIES:
             dest_set = names.destination_set(destination.name, family)
             owner = f"destination {destination.name}"
@@ -102,7 +110,9 @@ def enforced_entries(current: KernelTable | None, group: str) -> NormalisedEntri
     return NormalisedEntries(held(4, "addr"), held(6, "addr"), held(4, "net"), held(6, "net"))
 
 
-def destination_elements(entries: Iterable[Entry]) -> dict[Family, frozenset[str]]:
+def destination_elements(
+    entries: Iterable[Entry], dynamic: NormalisedEntries | None = None
+) -> dict[Family, frozenset[str]]:
     """Addresses and networks of a destination as one collapsed interval set per family.
 
     An address inside a listed network would overlap it, which nft rejects, so
@@ -111,6 +121,15 @@ def destination_elements(entries: Iterable[Entry]) -> dict[Family, frozenset[str
     blocks: dict[Family, list[tuple[int, int]]] = {4: [], 6: []}
     for entry in entries:
         blocks[entry.family].append((entry.start, entry.prefixlen))
+    if dynamic is not None:
+        for texts in (
+            dynamic.addresses_v4 | dynamic.networks_v4,
+            dynamic.addresses_v6 | dynamic.networks_v6,
+        ):
+            for text in texts:
+                entry = parse_entry(text)
+                blocks[entry.family].append((entry.start, entry.prefixlen))
+
     return {
         family: frozenset(entry.text for entry in collapse(family, blocks[family]))
         for family in FAMILIES

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from repogate.addresses import element_order
 from repogate.config import Config
 from repogate.errors import NotOwnedTableError
-from repogate.lastgood import Staleness, resolve
+from repogate.lastgood import ShrinkHold, Staleness, resolve
 from repogate.model import DesiredState, KernelTable, Plan
 from repogate.nft import names
 from repogate.nft.backend import Backend
 from repogate.nft.builders import Json, build_plan
 from repogate.plan import desired_state, diff
-from repogate.sources import Collected, collect
+from repogate.sources import Collected, SourceSpec, collect, specs
 from repogate.state import StateStore
 
 SAMPLE = 5
@@ -31,6 +31,7 @@ class Gathered:
     collected: Collected
     current: KernelTable | None
     stale: Mapping[str, Staleness] = field(default_factory=dict)
+    held: Mapping[str, ShrinkHold] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -65,18 +66,22 @@ def gather(
     current: KernelTable | None,
     store: StateStore | None = None,
     now: float | None = None,
+    *,
+    accept_shrink: bool = False,
 ) -> Gathered:
     """Fetch every source; a failed one is served from its last known good entries."""
     collected = collect(config)
-    entries, stale = resolve(
+    resolved = resolve(
         config,
         results=collected.results,
         failures=collected.failures,
         store=store,
         current=current,
         now=time.time() if now is None else now,
+        accept_shrink=accept_shrink,
     )
-    return Gathered(desired_state(config, entries), collected, current, stale)
+    desired = desired_state(config, resolved.groups, resolved.destinations)
+    return Gathered(desired, collected, current, resolved.stale, resolved.held)
 
 
 def sync(
@@ -85,10 +90,11 @@ def sync(
     *,
     dry_run: bool = False,
     store: StateStore | None = None,
+    accept_shrink: bool = False,
 ) -> SyncResult:
     current = backend.read_table(config.agent.table)
     check_owned(current)
-    gathered = gather(config, current, store)
+    gathered = gather(config, current, store, accept_shrink=accept_shrink)
     plan = diff(gathered.desired, current)
     commands = build_plan(plan, gathered.desired)
     if dry_run or plan.is_empty:
@@ -98,35 +104,49 @@ def sync(
 
 
 def describe_sources(
-    config: Config, collected: Collected, stale: Mapping[str, Staleness] | None = None
+    config: Config,
+    collected: Collected,
+    stale: Mapping[str, Staleness] | None = None,
+    held: Mapping[str, ShrinkHold] | None = None,
 ) -> list[str]:
-    """One line per group that is not plain static config: size, rejects, failures."""
+    """One line per source that is not plain static config: size, rejects, failures."""
     lines: list[str] = []
-    for group in config.clients:
-        result = collected.results.get(group.name)
-        failure = collected.failures.get(group.name)
+    for spec in specs(config):
+        result = collected.results.get(spec.key)
+        failure = collected.failures.get(spec.key)
+        hold = (held or {}).get(spec.key)
         if failure is not None:
-            info = (stale or {}).get(group.name)
-            if info is None:
-                keeping = "keeping the entries enforced now"
-            elif info.expired:
-                keeping = (
-                    f"its last known good entries from {_when(info.since)} EXPIRED at "
-                    f"{_when(info.expires_at)}: the group admits nobody"
-                )
-            else:
-                keeping = (
-                    f"keeping its last known good entries from {_when(info.since)} "
-                    f"until {_when(info.expires_at)}"
-                )
-            lines.append(f"group {group.name} ({group.type}): FAILED: {failure}; {keeping}")
-        elif result is not None and (group.type != "static" or result.rejected_count):
-            line = f"group {group.name} ({group.type} {result.origin}): {result.accepted} entries"
+            lines.append(f"{spec.label} ({spec.kind}): FAILED: {failure}; {_keeping(spec, stale)}")
+        elif hold is not None:
+            lines.append(
+                f"{spec.label} ({spec.kind}): HELD BACK: it shrank from {hold.previous} to "
+                f"{hold.proposed} entries, more than max_shrink; the previous entries stay "
+                "until the next refresh agrees or `repogate sync --accept-shrink`"
+            )
+        elif result is not None and (spec.dynamic or result.rejected_count):
+            line = f"{spec.label} ({spec.kind} {result.origin}): {result.accepted} entries"
             if result.rejected_count:
                 sample = "; ".join(str(r) for r in result.rejected_sample[:3])
                 line += f", {result.rejected_count} rejected ({sample})"
             lines.append(line)
     return lines
+
+
+def _keeping(spec: SourceSpec, stale: Mapping[str, Staleness] | None) -> str:
+    info = (stale or {}).get(spec.key)
+    if info is None:
+        return "keeping the entries enforced now"
+    if info.expires_at is None:
+        return f"keeping its last known good entries from {_when(info.since)}"
+    if info.expired:
+        return (
+            f"its last known good entries from {_when(info.since)} EXPIRED at "
+            f"{_when(info.expires_at)}: the group admits nobody"
+        )
+    return (
+        f"keeping its last known good entries from {_when(info.since)} "
+        f"until {_when(info.expires_at)}"
+    )
 
 
 def describe(plan: Plan, table: str) -> list[str]:

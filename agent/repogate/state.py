@@ -64,6 +64,15 @@ class Record:
         )
 
 
+@dataclass(frozen=True)
+class Hold:
+    """A shrunk result held back: its digest (to see the next refresh agree), size, since."""
+
+    digest: str
+    count: int
+    since: float
+
+
 class StateStore:
     """Records per client group, loaded once and saved whenever they change.
 
@@ -76,13 +85,16 @@ class StateStore:
     def __init__(self, directory: Path, touch_interval: float = 300.0) -> None:
         self.path = directory / STATE_FILE
         self.records: dict[str, Record] = {}
+        self.holds: dict[str, Hold] = {}
         self.touch_interval = touch_interval
+        self._loaded_signature: tuple[int, int] | None = None
         self._entries_dirty = False
         self._touched = False
         self._saved_at = 0.0
 
     def load(self) -> None:
         try:
+            self._loaded_signature = self._signature()
             raw = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return
@@ -96,9 +108,37 @@ class StateStore:
             self.records = {
                 name: Record.from_json(record) for name, record in document["groups"].items()
             }
+            self.holds = {
+                name: Hold(str(hold["digest"]), int(hold["count"]), float(hold["since"]))
+                for name, hold in document.get("holds", {}).items()
+            }
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("state file %s is corrupt, ignoring it: %s", self.path, exc)
-            self.records = {}
+            self.records, self.holds = {}, {}
+
+    def _signature(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size)
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the file if someone else (`repogate sync --accept-shrink`) wrote it."""
+        signature = self._signature()
+        if signature is None or signature == self._loaded_signature:
+            return False
+        self.load()
+        return True
+
+    def hold(self, key: str, hold: Hold) -> None:
+        if self.holds.get(key) != hold:
+            self.holds[key] = hold
+            self._entries_dirty = True
+
+    def release(self, key: str) -> None:
+        if self.holds.pop(key, None) is not None:
+            self._entries_dirty = True
 
     def get(self, group: str, fingerprint: str) -> Record | None:
         record = self.records.get(group)
@@ -122,6 +162,9 @@ class StateStore:
         for name in set(self.records) - groups:
             del self.records[name]
             self._entries_dirty = True
+        for name in set(self.holds) - groups:
+            del self.holds[name]
+            self._entries_dirty = True
 
     def save_if_due(self, now: float) -> bool:
         due = self._entries_dirty or (self._touched and now - self._saved_at >= self.touch_interval)
@@ -134,8 +177,13 @@ class StateStore:
         document = {
             "version": STATE_VERSION,
             "groups": {name: record.to_json() for name, record in sorted(self.records.items())},
+            "holds": {
+                name: {"digest": hold.digest, "count": hold.count, "since": hold.since}
+                for name, hold in sorted(self.holds.items())
+            },
         }
         write_atomically(self.path, json.dumps(document, separators=(",", ":")))
+        self._loaded_signature = self._signature()
         self._entries_dirty = self._touched = False
 
 

@@ -11,6 +11,7 @@ from repogate.config import Config
 from repogate.nft import names
 from repogate.plan import FAMILIES, diff
 from repogate.reconcile import Gathered
+from repogate.sources import specs
 
 KINDS = ("addr", "net")
 
@@ -49,6 +50,8 @@ class SourceStatus:
     expires_at: float | None = None
     expired: bool = False
     rejected: int = 0
+    held: str = ""  # "previous -> proposed" while a shrink is held back
+    entries: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class Status:
                     "expires_at": src.expires_at,
                     "expired": src.expired,
                     "rejected": src.rejected,
+                    "entries": src.entries,
+                    "held_back": src.held or None,
                 }
                 for src in self.sources
             },
@@ -152,21 +157,24 @@ def collect_status(
 
 def _sources(config: Config, gathered: Gathered) -> tuple[SourceStatus, ...]:
     found = []
-    for group in config.clients:
-        if group.type == "static":
+    for spec in specs(config):
+        if not spec.dynamic:
             continue
-        result = gathered.collected.results.get(group.name)
-        stale = gathered.stale.get(group.name)
+        result = gathered.collected.results.get(spec.key)
+        stale = gathered.stale.get(spec.key)
+        hold = gathered.held.get(spec.key)
         found.append(
             SourceStatus(
-                group=group.name,
-                kind=group.type,
+                group=spec.key,
+                kind=spec.kind,
                 ok=result is not None,
-                error=gathered.collected.failures.get(group.name, ""),
+                error=gathered.collected.failures.get(spec.key, ""),
                 stale_since=stale.since if stale else None,
                 expires_at=stale.expires_at if stale else None,
                 expired=stale.expired if stale else False,
                 rejected=result.rejected_count if result else 0,
+                held=f"{hold.previous} -> {hold.proposed}" if hold else "",
+                entries=len(result.entries) if result else 0,
             )
         )
     return tuple(found)
@@ -212,12 +220,17 @@ def _format_sources_and_egress(status: Status) -> list[str]:
     if status.sources:
         lines += ["", "sources:"]
         for src in status.sources:
-            if src.ok:
+            if src.ok and src.held:
+                lines.append(
+                    f"  {src.group} ({src.kind}): HELD BACK (shrank {src.held} entries, "
+                    "more than max_shrink): `repogate sync --accept-shrink` to apply"
+                )
+            elif src.ok:
                 note = f", {src.rejected} entries rejected" if src.rejected else ""
-                lines.append(f"  {src.group} ({src.kind}): ok{note}")
+                lines.append(f"  {src.group} ({src.kind}): ok, {src.entries} entries{note}")
             else:
                 since = _when(src.stale_since)
-                until = _when(src.expires_at)
+                until = _when(src.expires_at) if src.expires_at is not None else "it recovers"
                 state = (
                     f"EXPIRED at {until}: admits nobody"
                     if src.expired

@@ -17,6 +17,7 @@ from repogate.config import Config, parse_config
 from repogate.lastgood import EMPTY, resolve
 from repogate.logs import event, setup_logging
 from repogate.notify import Notifier
+from repogate.plan import desired_state
 from repogate.sources import SourceResult
 from repogate.state import Record, StateStore
 
@@ -121,14 +122,15 @@ def test_success_is_recorded_and_a_failure_served_from_it(tmp_path: Path) -> Non
     config = mdm_config(tmp_path)
     store = StateStore(tmp_path)
     result = SourceResult(ENTRIES, accepted=1, origin="x")
-    entries, stale = resolve(
+    resolved = resolve(
         config, results={"mdm": result}, failures={}, store=store, current=None, now=1000.0
     )
-    assert entries["mdm"] == ENTRIES and stale == {}
-    entries, stale = resolve(
+    assert resolved.groups["mdm"] == ENTRIES and resolved.stale == {}
+    resolved = resolve(
         config, results={}, failures={"mdm": "gone"}, store=store, current=None, now=2000.0
     )
-    assert entries["mdm"] == ENTRIES
+    stale = resolved.stale
+    assert resolved.groups["mdm"] == ENTRIES
     assert stale["mdm"].since == 1000.0
     assert stale["mdm"].expires_at == 1000.0 + 3600
     assert not stale["mdm"].expired
@@ -140,11 +142,11 @@ def test_last_known_good_expires_after_max_stale(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     ok = SourceResult(ENTRIES, accepted=1)
     resolve(config, results={"mdm": ok}, failures={}, store=store, current=None, now=0.0)
-    entries, stale = resolve(
+    resolved = resolve(
         config, results={}, failures={"mdm": "x"}, store=store, current=None, now=601.0
     )
-    assert entries["mdm"] == EMPTY
-    assert stale["mdm"].expired
+    assert resolved.groups["mdm"] == EMPTY
+    assert resolved.stale["mdm"].expired
 
 
 def test_without_a_record_the_kernels_entries_are_adopted(
@@ -153,15 +155,13 @@ def test_without_a_record_the_kernels_entries_are_adopted(
     config = mdm_config(tmp_path)
     store = StateStore(tmp_path)
     ok = SourceResult(ENTRIES, accepted=1)
-    enforced, _ = resolve(config, results={"mdm": ok}, failures={}, store=None, current=None, now=0)
-    from repogate.plan import desired_state
-
-    current = kernel_from(desired_state(config, enforced))
-    entries, stale = resolve(
+    enforced = resolve(config, results={"mdm": ok}, failures={}, store=None, current=None, now=0)
+    current = kernel_from(desired_state(config, enforced.groups))
+    resolved = resolve(
         config, results={}, failures={"mdm": "x"}, store=store, current=current, now=50.0
     )
-    assert entries["mdm"] == ENTRIES
-    assert stale["mdm"].since == 50.0  # adopted now, so max_stale counts from now
+    assert resolved.groups["mdm"] == ENTRIES
+    assert resolved.stale["mdm"].since == 50.0  # adopted now, so max_stale counts from now
     assert store.get("mdm", "file:" + str(tmp_path / "mdm.txt") + ":lines:") is not None
 
 
@@ -188,3 +188,55 @@ def test_text_logs_have_no_timestamp_under_journald() -> None:
     logging.getLogger("repogate").warning("drift found")
     assert stream.getvalue().endswith(" warning: drift found\n")
     assert stream.getvalue()[:4].isdigit()
+
+
+# --- shrink guard ---
+
+
+def big(count: int) -> NormalisedEntries:
+    addresses = frozenset(f"10.9.{i // 256}.{i % 256}" for i in range(count))
+    return NormalisedEntries(addresses, frozenset(), frozenset(), frozenset())
+
+
+def test_a_list_shrinking_past_max_shrink_is_held_until_the_next_refresh_agrees(
+    tmp_path: Path,
+) -> None:
+    config = mdm_config(tmp_path)  # agent max_shrink: 50 %
+    store = StateStore(tmp_path)
+
+    def refresh(entries: NormalisedEntries, now: float, **kw: Any) -> Any:
+        result = SourceResult(entries, accepted=len(entries))
+        return resolve(
+            config, results={"mdm": result}, failures={}, store=store, current=None, now=now, **kw
+        )
+
+    assert refresh(big(100), 0).groups["mdm"] == big(100)
+    first = refresh(big(40), 10)  # shrank by 60 %: held
+    assert first.groups["mdm"] == big(100)
+    assert first.held["mdm"].previous == 100 and first.held["mdm"].proposed == 40
+    agreed = refresh(big(40), 20)  # the next refresh agrees: applied
+    assert agreed.groups["mdm"] == big(40) and agreed.held == {}
+    assert refresh(big(30), 30).groups["mdm"] == big(30)  # 25 %: within the guard
+
+
+def test_a_different_second_shrink_is_held_again_and_accept_shrink_applies_it(
+    tmp_path: Path,
+) -> None:
+    config = mdm_config(tmp_path)
+    store = StateStore(tmp_path)
+
+    def refresh(entries: NormalisedEntries, now: float, **kw: Any) -> Any:
+        result = SourceResult(entries, accepted=len(entries))
+        return resolve(
+            config, results={"mdm": result}, failures={}, store=store, current=None, now=now, **kw
+        )
+
+    refresh(big(100), 0)
+    assert refresh(big(40), 10).held
+    assert refresh(big(20), 20).groups["mdm"] == big(100)  # another shrink: still held
+    store.save()
+    reloaded = StateStore(tmp_path)
+    reloaded.load()
+    assert "mdm" in reloaded.holds  # the hold survives a restart
+    accepted = refresh(big(20), 30, accept_shrink=True)
+    assert accepted.groups["mdm"] == big(20) and accepted.held == {}

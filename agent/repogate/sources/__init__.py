@@ -1,18 +1,29 @@
-"""Client sources: each turns one client group's config into normalised entries.
+"""Sources: where the entries of client groups and dynamic destinations come from.
 
 Every source type sits behind the same small Protocol, so the planner never
-knows where entries came from. A source that fails raises SourceError; the
-caller then keeps what the kernel enforces for that group (fail closed, lose nothing).
+knows where entries came from. `specs(config)` lists every source a config
+needs, with what to do when it fails: a client group's last known good expires
+after `max_stale` (its clients are then refused), a destination's never does
+(dropping a destination address would stop gating traffic to it).
+A source that fails raises SourceError.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from repogate.addresses import NormalisedEntries, Rejected
-from repogate.config import ClientGroup, Config, FileClients, StaticClients
+from repogate.config import (
+    ClientGroup,
+    Config,
+    Destination,
+    DnsClients,
+    FileClients,
+    HttpClients,
+    StaticClients,
+)
 from repogate.errors import SourceError
 
 
@@ -28,8 +39,6 @@ class SourceResult:
 
 
 class Source(Protocol):
-    name: str
-
     def fetch(self) -> SourceResult:
         """Read the source now; raise SourceError if it cannot be used at all."""
         ...
@@ -40,30 +49,166 @@ class Source(Protocol):
 
 
 @dataclass(frozen=True)
+class SourceSpec:
+    """One source a config needs: its key, what it feeds, and how it may fail."""
+
+    key: str  # a group's name, or "destination:<name>:hosts" / "destination:<name>:feed"
+    kind: str  # static, file, http, dns, hosts, feed
+    group: str | None  # the client group it feeds, or None
+    destination: str | None  # the destination it feeds, or None
+    fingerprint: str  # what makes a stored record still apply to this config
+    interval: float | None  # None: changes only with the config
+    max_stale: float | None  # None: last known good never expires
+    max_shrink: float | None  # None: no shrink guard
+    make: Callable[[], Source] = field(compare=False, repr=False)
+    # The config it was made from: a spec equal to the running one keeps its source
+    # (and a DNS source its cache) across a reload.
+    settings: object = field(default=None, repr=False)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.kind != "static"
+
+    @property
+    def label(self) -> str:
+        if self.group is not None:
+            return f"group {self.group}"
+        return f"destination {self.destination} ({self.kind})"
+
+
+def specs(config: Config, resolver: object | None = None) -> list[SourceSpec]:
+    """Every source of a config, clients first. `resolver` is shared by DNS sources."""
+    found = [_group_spec(group, config, resolver) for group in config.clients]
+    for destination in config.destinations.values():
+        found += _destination_specs(destination, config, resolver)
+    return found
+
+
+def _group_spec(group: ClientGroup, config: Config, resolver: object | None) -> SourceSpec:
+    limits = config.agent.prefix_limits
+
+    def make() -> Source:
+        # Imported here: each source type pulls in its own library only when used.
+        if isinstance(group, StaticClients):
+            from repogate.sources.static import StaticSource  # noqa: PLC0415
+
+            return StaticSource(group)
+        if isinstance(group, FileClients):
+            from repogate.sources.file import FileSource  # noqa: PLC0415
+
+            return FileSource(group, limits)
+        if isinstance(group, HttpClients):
+            from repogate.sources.http import HttpSource  # noqa: PLC0415
+
+            return HttpSource(group, limits)
+        from repogate.sources.dns import DnsSource  # noqa: PLC0415
+
+        return DnsSource(group, _resolver(config, resolver), max_stale=config.max_stale(group))
+
+    if isinstance(group, FileClients):
+        fingerprint = f"file:{group.path}:{group.format}:{group.json_path or ''}"
+    elif isinstance(group, HttpClients):
+        fingerprint = f"http:{group.http.url}:{group.format}:{group.json_path or ''}"
+    elif isinstance(group, DnsClients):
+        fingerprint = "dns:" + ",".join(sorted(group.names))
+    else:
+        fingerprint = f"static:{group.name}"
+    static = isinstance(group, StaticClients)
+    return SourceSpec(
+        key=group.name,
+        kind=group.type,
+        group=group.name,
+        destination=None,
+        fingerprint=fingerprint,
+        interval=None if static else float(getattr(group, "interval", 60.0)),
+        max_stale=None if static else config.max_stale(group),
+        max_shrink=None if static else config.max_shrink(group),
+        make=make,
+        settings=(group, config.agent.prefix_limits, config.resolver),
+    )
+
+
+def _destination_specs(
+    destination: Destination, config: Config, resolver: object | None
+) -> list[SourceSpec]:
+    found: list[SourceSpec] = []
+    if destination.hosts:
+
+        def make_hosts() -> Source:
+            from repogate.sources.dns import HostsSource  # noqa: PLC0415
+
+            return HostsSource(destination, _resolver(config, resolver))
+
+        found.append(
+            SourceSpec(
+                key=f"destination:{destination.name}:hosts",
+                kind="hosts",
+                group=None,
+                destination=destination.name,
+                fingerprint="hosts:" + ",".join(sorted(destination.hosts)),
+                interval=destination.min_refresh,
+                max_stale=None,
+                max_shrink=None,
+                make=make_hosts,
+                settings=(destination, config.resolver),
+            )
+        )
+    feed = destination.feed
+    if feed is not None:
+
+        def make_feed() -> Source:
+            from repogate.sources.feed import FeedSource  # noqa: PLC0415
+
+            assert feed is not None  # for mypy: captured non-None above
+            return FeedSource(feed)
+
+        found.append(
+            SourceSpec(
+                key=f"destination:{destination.name}:feed",
+                kind="feed",
+                group=None,
+                destination=destination.name,
+                fingerprint=f"feed:{feed.http.url}:{','.join(feed.products)}",
+                interval=feed.interval,
+                max_stale=None,
+                max_shrink=config.agent.max_shrink,
+                make=make_feed,
+                settings=feed,
+            )
+        )
+    return found
+
+
+def _resolver(config: Config, shared: object | None) -> object:
+    """The DNS resolver all DNS sources of a run share (made on first use)."""
+    return shared if shared is not None else shared_resolver(config)
+
+
+def shared_resolver(config: Config) -> object:
+    from repogate.resolver import Resolver  # noqa: PLC0415
+
+    settings = config.resolver
+    return Resolver(settings.nameservers, port=settings.port, timeout=settings.timeout)
+
+
+@dataclass(frozen=True)
 class Collected:
-    """What every source returned, and which failed (group name -> reason)."""
+    """What every source returned, and which failed (source key -> reason)."""
 
     results: Mapping[str, SourceResult]
     failures: Mapping[str, str] = field(default_factory=dict)
 
 
-def source_for(group: ClientGroup, config: Config) -> Source:
-    from repogate.sources.file import FileSource  # noqa: PLC0415 - keep imports one-way
-    from repogate.sources.static import StaticSource  # noqa: PLC0415
-
-    if isinstance(group, StaticClients):
-        return StaticSource(group)
-    if isinstance(group, FileClients):
-        return FileSource(group, config.agent.prefix_limits)
-    raise TypeError(f"no source for {group!r}")  # unreachable: config checks types
-
-
 def collect(config: Config) -> Collected:
+    """Fetch every source once (the CLI's path; the daemon schedules them instead)."""
+    all_specs = specs(config)
+    if any(spec.kind in ("dns", "hosts") for spec in all_specs):
+        all_specs = specs(config, _resolver(config, None))  # one resolver for all names
     results: dict[str, SourceResult] = {}
     failures: dict[str, str] = {}
-    for group in config.clients:
+    for spec in all_specs:
         try:
-            results[group.name] = source_for(group, config).fetch()
+            results[spec.key] = spec.make().fetch()
         except SourceError as exc:
-            failures[group.name] = str(exc)
+            failures[spec.key] = str(exc)
     return Collected(results, failures)

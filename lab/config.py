@@ -70,13 +70,19 @@ def derive(base: Mapping[str, Any], spec: LabSpec, state_dir: Path) -> dict[str,
     config = {
         key: copy.deepcopy(value)
         for key, value in base.items()
-        if key not in ("destinations", "clients", "rules")
+        if key not in ("destinations", "clients", "rules", "resolver")
     }
     agent = dict(config.get("agent", {}))
     agent["state_dir"] = str(state_dir)
     config["agent"] = agent
     shipped_bitbucket = base.get("destinations", {}).get("bitbucket", {})
-    bitbucket = dict(copy.deepcopy(shipped_bitbucket))
+    # The preset's real host names and Atlassian's feed are out of the lab's reach:
+    # the fake Bitbucket is given by its networks (tests add lab DNS names as hosts).
+    bitbucket = {
+        key: copy.deepcopy(value)
+        for key, value in shipped_bitbucket.items()
+        if key not in ("preset", "hosts") and not key.startswith("feed_")
+    }
     bitbucket["networks"] = list(spec.bitbucket_networks)
     bitbucket["ports"] = list(spec.bitbucket_ports)
     config["destinations"] = {"bitbucket": bitbucket}

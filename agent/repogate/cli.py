@@ -15,10 +15,11 @@ from typing import TextIO
 
 from repogate import __version__
 from repogate.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, config_path, load_config
-from repogate.errors import ConfigError, RepogateError
+from repogate.errors import ConfigError, RepogateError, SourceError
 from repogate.nft.backend import Backend, NftBackend
 from repogate.nft.builders import build_delete_table, transaction
 from repogate.reconcile import check_owned, describe, describe_sources, gather, sync
+from repogate.sources import specs
 from repogate.state import StateStore
 
 EXIT_OK = 0
@@ -122,14 +123,28 @@ Handler = Callable[[Invocation], int]
 
 
 def _check(call: Invocation) -> int:
+    """Validate the config and read local lists; never wait for the network (it runs as
+    ExecStartPre, possibly before the network is up)."""
     config, out = call.config, call.out
-    gathered = gather(config, None)
-    entries = sum(len(group) for group in gathered.desired.groups.values())
-    for line in describe_sources(config, gathered.collected):
-        print(f"warning: {line}" if "FAILED" in line else line, file=out)
+    entries = 0
+    remote = 0
+    for spec in specs(config):
+        if spec.kind not in ("static", "file"):
+            remote += 1
+            continue
+        try:
+            result = spec.make().fetch()
+        except SourceError as exc:
+            print(f"warning: {spec.label}: {exc}", file=out)
+            continue
+        entries += len(result.entries)
+        if result.rejected_count:
+            sample = "; ".join(str(r) for r in result.rejected_sample[:3])
+            print(f"{spec.label}: {result.rejected_count} entries rejected ({sample})", file=out)
     print(
-        f"{config.path}: ok: {len(config.clients)} client groups ({entries} entries), "
-        f"{len(config.destinations)} destinations, {len(config.rules)} rules, "
+        f"{config.path}: ok: {len(config.clients)} client groups ({entries} local entries"
+        + (f", {remote} network sources" if remote else "")
+        + f"), {len(config.destinations)} destinations, {len(config.rules)} rules, "
         f"table inet {config.agent.table}, hooks {', '.join(config.agent.hooks)}",
         file=out,
     )

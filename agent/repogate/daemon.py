@@ -46,6 +46,7 @@ BOOT_RULESET = "ruleset.nft"  # in state_dir: the last enforced table, for nftab
 BOOT_RULESET_EVERY = 10.0  # seconds between rewrites of it while changes keep coming
 RECONCILE_DEBOUNCE = 0.2  # seconds a wake waits, so a burst of refreshes coalesces
 STUCK_AFTER = 120.0  # a reconcile running longer stops the watchdog pings
+LOCAL_KINDS = ("static", "file")  # sources read without the network
 LOG_SAMPLE = 50  # entries listed per change in a log line (the count is always exact)
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -124,7 +125,10 @@ class Daemon:
         self.store = StateStore(self.config.agent.state_dir)
         self.store.load()
         self._set_sources(self.config)
-        self._fetch_all()
+        # Local sources now; network sources (DNS, HTTPS, feeds) start from their last
+        # known good in state_dir and are fetched by their jobs right after READY, so
+        # a start before the network is up (or with a slow server) is not held up.
+        self._fetch_all(local_only=True)
         # The rules of the previous run stay in force until this diff applies: the
         # table is never flushed or recreated at start.
         self._next_verify = time.monotonic() + self.config.agent.verify_interval
@@ -238,6 +242,11 @@ class Daemon:
             dynamic = [s.spec for s in self._sources.values() if s.spec.interval is not None]
         for spec in dynamic:
             interval = float(spec.interval or 60.0)
+            # A network source not fetched yet (after start or reload) goes first thing.
+            with self._state_lock:
+                state = self._sources[spec.key]
+                fresh = state.result is None and state.failure is None
+            first = now + datetime.timedelta(seconds=0.1 if fresh else interval)
             self._scheduler.add_job(
                 self._refresh_job,
                 "interval",
@@ -246,7 +255,7 @@ class Daemon:
                 id=f"refresh:{spec.key}",
                 max_instances=1,
                 coalesce=True,
-                next_run_time=now + datetime.timedelta(seconds=interval),
+                next_run_time=first,
             )
 
     def request_reconcile(self, reason: str, *, verify: bool = False) -> None:
@@ -316,12 +325,12 @@ class Daemon:
             self._resolver_settings = config.resolver
         return self._resolver
 
-    def _fetch_all(self, *, only_new: bool = False) -> None:
+    def _fetch_all(self, *, local_only: bool = False) -> None:
         with self._state_lock:
             keys = [
                 key
                 for key, state in self._sources.items()
-                if not only_new or (state.result is None and state.failure is None)
+                if not local_only or state.spec.kind in LOCAL_KINDS
             ]
         for key in keys:
             self._fetch(key, force=True)
@@ -562,7 +571,7 @@ class Daemon:
         with self._reconcile_lock, self._state_lock:
             self.config = config
         self._set_sources(config)
-        self._fetch_all(only_new=False)
+        self._fetch_all(local_only=True)
         if self._scheduler is not None:
             self._scheduler.reschedule_job(
                 "reconcile", trigger="interval", seconds=config.agent.verify_interval

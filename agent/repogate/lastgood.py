@@ -149,12 +149,16 @@ def _last_known_good(
         record = Record(spec.fingerprint, now, "kernel", adopted)
         if store is not None and spec.dynamic:
             store.put(spec.key, record)
+    failed = spec.key in failures  # otherwise: not fetched yet (the daemon's first moments)
     if spec.max_stale is None:
-        stale[spec.key] = Staleness(record.fetched_at, None, False, failures.get(spec.key, ""))
+        if failed:
+            stale[spec.key] = Staleness(record.fetched_at, None, False, failures[spec.key])
         return record.entries
     expires_at = record.fetched_at + spec.max_stale
     expired = now >= expires_at
-    stale[spec.key] = Staleness(record.fetched_at, expires_at, expired, failures.get(spec.key, ""))
+    if failed or expired:
+        reason = failures.get(spec.key, "not fetched yet")
+        stale[spec.key] = Staleness(record.fetched_at, expires_at, expired, reason)
     return EMPTY if expired else record.entries
 
 

@@ -61,7 +61,7 @@ def test_check_ok(config_file: Path) -> None:
     assert result.code == 0
     assert result.err == ""
     assert result.lines == [
-        f"{config_file}: ok: 2 client groups (5 entries), 1 destinations, 0 rules, "
+        f"{config_file}: ok: 2 client groups (5 local entries), 1 destinations, 0 rules, "
         "table inet repogate, hooks forward"
     ]
 
@@ -70,7 +70,9 @@ def test_check_shipped_config(shipped_config: Path) -> None:
     result = run(["check", "--config", str(shipped_config)], no_backend)
     assert result.code == 0
     assert len(result.lines) == 1
-    assert result.lines[0].startswith(f"{shipped_config}: ok: 1 client groups (2 entries)")
+    assert result.lines[0].startswith(
+        f"{shipped_config}: ok: 1 client groups (2 local entries, 2 network sources)"
+    )
 
 
 def test_check_reads_the_env_variable(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,11 +45,18 @@ def test_shipped_config_parses(shipped_config: Path) -> None:
     assert [group.name for group in config.clients] == ["office"]
     assert list(config.destinations) == ["bitbucket"]
     bitbucket = config.destinations["bitbucket"]
+    assert bitbucket.preset == "bitbucket"
     assert bitbucket.ports == (22, 443)
-    assert {entry.text for entry in bitbucket.entries} >= {
-        "104.192.136.0/21",
-        "2401:1d80:1010::/48",
-    }
+    assert bitbucket.hosts == (
+        "bitbucket.org",
+        "api.bitbucket.org",
+        "ssh.bitbucket.org",
+        "altssh.bitbucket.org",
+    )
+    assert bitbucket.feed is not None
+    assert bitbucket.feed.http.url == "https://ip-ranges.atlassian.com/"
+    assert bitbucket.feed.products == ("bitbucket",)
+    assert bitbucket.feed.directions == ("ingress",)
     assert config.rules == ()
 
 

@@ -210,7 +210,9 @@ def _render(call: Invocation) -> int:
     config, out = call.config, call.out
     from repogate.render import render  # noqa: PLC0415 - see above
 
-    out.write(render(gather(config, None).desired))
+    store = StateStore(config.agent.state_dir)
+    store.load()
+    out.write(render(gather(config, None, store, network=False).desired))
     return EXIT_OK
 
 
@@ -221,7 +223,8 @@ def _status(call: Invocation) -> int:
     current = call.backend().read_table(config.agent.table)
     store = StateStore(config.agent.state_dir)
     store.load()  # read only: status never writes state
-    status = collect_status(config, gather(config, current, store), _egress(config))
+    gathered = gather(config, current, store, network=False)
+    status = collect_status(config, gathered, _egress(config))
     if args.json:
         json.dump(status.to_json(), out, indent=2)
         out.write("\n")
@@ -249,7 +252,9 @@ def _explain(call: Invocation) -> int:
         current = call.backend().read_table(config.agent.table)
     except RepogateError:
         current = None  # explain still answers from the config without nftables access
-    desired = gather(config, current).desired
+    store = StateStore(config.agent.state_dir)
+    store.load()
+    desired = gather(config, current, store, network=False).desired
     try:
         explanation = explain(config, desired, current, args.address)
     except ValueError:

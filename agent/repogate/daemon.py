@@ -36,7 +36,7 @@ from repogate.nft.builders import build_delete_table
 from repogate.notify import Notifier
 from repogate.plan import desired_state
 from repogate.render import render_boot
-from repogate.sources import Source, SourceResult, SourceSpec, specs
+from repogate.sources import LOCAL_KINDS, Source, SourceResult, SourceSpec, specs
 from repogate.state import StateStore, write_atomically
 
 log = logging.getLogger("repogate")
@@ -46,7 +46,6 @@ BOOT_RULESET = "ruleset.nft"  # in state_dir: the last enforced table, for nftab
 BOOT_RULESET_EVERY = 10.0  # seconds between rewrites of it while changes keep coming
 RECONCILE_DEBOUNCE = 0.2  # seconds a wake waits, so a burst of refreshes coalesces
 STUCK_AFTER = 120.0  # a reconcile running longer stops the watchdog pings
-LOCAL_KINDS = ("static", "file")  # sources read without the network
 LOG_SAMPLE = 50  # entries listed per change in a log line (the count is always exact)
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2

@@ -32,6 +32,7 @@ class Gathered:
     current: KernelTable | None
     stale: Mapping[str, Staleness] = field(default_factory=dict)
     held: Mapping[str, ShrinkHold] = field(default_factory=dict)
+    last_good: Mapping[str, float] = field(default_factory=dict)  # source key -> fetched at
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,13 @@ def gather(
     now: float | None = None,
     *,
     accept_shrink: bool = False,
+    network: bool = True,
 ) -> Gathered:
-    """Fetch every source; a failed one is served from its last known good entries."""
-    collected = collect(config)
+    """Fetch every source; a failed one is served from its last known good entries.
+
+    network=False reads local sources only and serves the others from state.
+    """
+    collected = collect(config, network=network)
     resolved = resolve(
         config,
         results=collected.results,
@@ -81,7 +86,8 @@ def gather(
         accept_shrink=accept_shrink,
     )
     desired = desired_state(config, resolved.groups, resolved.destinations)
-    return Gathered(desired, collected, current, resolved.stale, resolved.held)
+    last_good = {key: record.fetched_at for key, record in (store.records if store else {}).items()}
+    return Gathered(desired, collected, current, resolved.stale, resolved.held, last_good)
 
 
 def sync(

@@ -163,12 +163,17 @@ def _sources(config: Config, gathered: Gathered) -> tuple[SourceStatus, ...]:
         result = gathered.collected.results.get(spec.key)
         stale = gathered.stale.get(spec.key)
         hold = gathered.held.get(spec.key)
+        error = gathered.collected.failures.get(spec.key, "")
+        if result is None and not error and stale is None:
+            fetched = gathered.last_good.get(spec.key)
+            when = _when(fetched) if fetched is not None else "never"
+            error = f"network source, not fetched by status; last good fetch: {when}"
         found.append(
             SourceStatus(
                 group=spec.key,
                 kind=spec.kind,
                 ok=result is not None,
-                error=gathered.collected.failures.get(spec.key, ""),
+                error=error,
                 stale_since=stale.since if stale else None,
                 expires_at=stale.expires_at if stale else None,
                 expired=stale.expired if stale else False,
@@ -228,6 +233,8 @@ def _format_sources_and_egress(status: Status) -> list[str]:
             elif src.ok:
                 note = f", {src.rejected} entries rejected" if src.rejected else ""
                 lines.append(f"  {src.group} ({src.kind}): ok, {src.entries} entries{note}")
+            elif src.stale_since is None:
+                lines.append(f"  {src.group} ({src.kind}): {src.error}")
             else:
                 since = _when(src.stale_since)
                 until = _when(src.expires_at) if src.expires_at is not None else "it recovers"

@@ -199,11 +199,19 @@ class Collected:
     failures: Mapping[str, str] = field(default_factory=dict)
 
 
-def collect(config: Config) -> Collected:
-    """Fetch every source once (the CLI's path; the daemon schedules them instead)."""
-    all_specs = specs(config)
+LOCAL_KINDS = ("static", "file")  # sources read without the network
+
+
+def collect(config: Config, *, network: bool = True) -> Collected:
+    """Fetch every source once (the CLI's path; the daemon schedules them instead).
+
+    With network=False only local sources are read; the others stay unfetched (their
+    last known good applies), for verbs that must answer at once (status, explain).
+    """
+    all_specs = [spec for spec in specs(config) if network or spec.kind in LOCAL_KINDS]
     if any(spec.kind in ("dns", "hosts") for spec in all_specs):
-        all_specs = specs(config, _resolver(config, None))  # one resolver for all names
+        shared = _resolver(config, None)  # one resolver for all names
+        all_specs = [spec for spec in specs(config, shared) if spec.key in _keys(all_specs)]
     results: dict[str, SourceResult] = {}
     failures: dict[str, str] = {}
     for spec in all_specs:
@@ -212,3 +220,7 @@ def collect(config: Config) -> Collected:
         except SourceError as exc:
             failures[spec.key] = str(exc)
     return Collected(results, failures)
+
+
+def _keys(found: list[SourceSpec]) -> set[str]:
+    return {spec.key for spec in found}

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from lab import netns
+from lab import loop, netns
 from lab.config import BaseConfig, derive, load_shipped, merge, table_name
 from lab.errors import LabError
 from lab.probe import DEFAULT_TIMEOUT, ProbeResult, RunningProbe, start_probe
@@ -254,9 +254,18 @@ class Lab:
         whether or not the package is installed. check=False by default because tests assert
         on exit codes; with check=True a non-zero exit raises LabError carrying stderr.
         """
+        return netns.run(
+            self.repogate_argv(verb, *args), check=check, timeout=timeout, env=self.env()
+        )
+
+    def repogate_argv(self, verb: str, *args: str) -> list[str]:
+        """argv of `repogate VERB ARGS... --config <lab config>` in the gateway.
+
+        For callers that need their own process (the daemon, `repogate run`) rather than a
+        finished one; run it with `env()`, which puts the working tree's `agent/` first.
+        """
         argv = [*self.python_argv(GATEWAY), "-m", "repogate", verb, *args]
-        argv += ["--config", str(self.config_path)]
-        return netns.run(argv, check=check, timeout=timeout, env=self.env())
+        return [*argv, "--config", str(self.config_path)]
 
     def write_config(self, overrides: Mapping[str, Any] | None = None) -> Path:
         """(Re)write the lab config: the derived base with `overrides` merged in."""
@@ -340,6 +349,35 @@ class Lab:
     ) -> list[ProbeResult]:
         """Connect from `client` to each target (default: all it has a route to) at once."""
         return self.start_probe(client, targets, timeout=timeout, source=source).collect()
+
+    def start_loop(
+        self,
+        client: str,
+        targets: Iterable[TargetRef],
+        *,
+        source: str | None = None,
+        interval: float = loop.DEFAULT_INTERVAL,
+        timeout: float = loop.DEFAULT_TIMEOUT,
+        deadline: float = loop.DEFAULT_DEADLINE,
+    ) -> loop.RunningLoop:
+        """Start a background connection loop in a client namespace (see `lab.loop`).
+
+        Targets expand like `probe`'s, to the IP versions the client (or `source`) can use.
+        The caller stops it with `stop()`; `destroy()` kills it with the namespace anyway.
+        """
+        spec_client = self.spec.client(client)
+        versions = {_version(source)} if source is not None else reachable_versions(spec_client)
+        return loop.start_loop(
+            self.python_argv(client),
+            client,
+            self.resolve_targets(targets, versions),
+            workdir=self.workdir / "loops",
+            env=self.env(),
+            interval=interval,
+            timeout=timeout,
+            deadline=deadline,
+            source=source,
+        )
 
     def matrix(
         self,

@@ -22,8 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from repogate.addresses import element_order
 from repogate.config import Config, load_config
 from repogate.enforcer import Enforcer, Outcome
 from repogate.errors import ConfigError, RepogateError, SourceError
@@ -39,6 +40,9 @@ from repogate.render import render_boot
 from repogate.sources import LOCAL_KINDS, Source, SourceResult, SourceSpec, specs
 from repogate.state import StateStore, write_atomically
 
+if TYPE_CHECKING:
+    from repogate.sources.dns import Resolves
+
 log = logging.getLogger("repogate")
 UTC = datetime.UTC
 PROBE_INTERVAL = 2.0  # seconds between cheap "is the table still there" probes
@@ -49,6 +53,7 @@ STUCK_AFTER = 120.0  # a reconcile running longer stops the watchdog pings
 LOG_SAMPLE = 50  # entries listed per change in a log line (the count is always exact)
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
 
 @dataclass
@@ -100,7 +105,7 @@ class Daemon:
         self._ruleset_dirty = False
         self._busy_since: float | None = None
         self._sources: dict[str, SourceState] = {}
-        self._resolver: object | None = None
+        self._resolver: Resolves | None = None
         self._resolver_settings: object | None = None
         self._scheduler: Any = None
 
@@ -116,6 +121,9 @@ class Daemon:
             return EXIT_CONFIG
         setup_logging(self.config.agent.log_format)
         event(log, logging.INFO, f"starting with {self.config_path}", config=str(self.config_path))
+        # Handlers first, so a SIGHUP or SIGTERM during start-up waits for the main loop
+        # instead of killing the process with its default action.
+        self._install_signal_handlers()
         try:
             self.enforcer = Enforcer(self.backend_factory())
         except RepogateError as exc:
@@ -135,10 +143,16 @@ class Daemon:
             log.error("initial reconcile failed; the previous rules (if any) stay in force")
             return EXIT_FAILURE
         self._update_egress(log_always=True)
-        self._install_signal_handlers()
-        self._start_scheduler()
-        self._watcher = LinkWatcher(self._on_link_event)
-        self._watcher.start()
+        # Worker threads inherit a blocked signal mask, so signals always reach the main
+        # thread, which is waiting for them (a signal landing on a worker would only be
+        # noticed at the main loop's next tick).
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            self._start_scheduler()
+            self._watcher = LinkWatcher(self._on_link_event)
+            self._watcher.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         self.notifier.ready(self.status_line())
         event(log, logging.INFO, f"ready: {self.status_line()}")
         self._main_loop()
@@ -201,7 +215,7 @@ class Daemon:
         def handler(signum: int, _frame: FrameType | None) -> None:
             self._signals.put(signum)
 
-        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        for signum in HANDLED_SIGNALS:
             signal.signal(signum, handler)
 
     # -- scheduling ----------------------------------------------------------------
@@ -286,14 +300,20 @@ class Daemon:
             self._reconcile(reasons, verify=verify)
 
     def _probe_job(self) -> None:
-        last = self.enforcer.last_applied
-        if last is None:
+        # Never probe while a reconcile runs: it may be changing the table right now,
+        # and it will leave the model right anyway.
+        if not self._reconcile_lock.acquire(blocking=False):
             return
         try:
+            last = self.enforcer.last_applied
+            if last is None:
+                return
             intact = self.enforcer.looks_intact(last)
         except RepogateError as exc:
             log.warning("probe failed: %s", exc)
             return
+        finally:
+            self._reconcile_lock.release()
         if not intact:
             self.request_reconcile("drift", verify=True)
 
@@ -315,7 +335,7 @@ class Daemon:
                 else:
                     self._sources[spec.key] = SourceState(spec, spec.make())
 
-    def _shared_resolver(self, config: Config) -> object:
+    def _shared_resolver(self, config: Config) -> Resolves:
         """One resolver for every DNS source, remade when [resolver] changes."""
         if self._resolver is None or self._resolver_settings != config.resolver:
             from repogate.sources import shared_resolver  # noqa: PLC0415
@@ -447,6 +467,14 @@ class Daemon:
                 reason="drift repair",
                 found=list(outcome.drift),
             )
+        if outcome.moved_from is not None:
+            event(
+                log,
+                logging.WARNING,
+                f"agent.table changed: table inet {desired.table} replaced table inet "
+                f"{outcome.moved_from} in one transaction",
+                reason=reason,
+            )
         if outcome.applied:
             self.counters.last_change = self.clock()
             self._log_changes(outcome, desired, "drift repair" if outcome.drift else reason)
@@ -469,7 +497,8 @@ class Daemon:
             )
         for change in plan.set_changes:
             owner = desired.sets[change.name].owner
-            added, removed = sorted(change.add), sorted(change.delete)
+            added = sorted(change.add, key=element_order)
+            removed = sorted(change.delete, key=element_order)
             text = f"{owner}: set {change.name}"
             if added:
                 text += f" added {len(added)} [{_sample(added)}]"
@@ -599,10 +628,16 @@ class Daemon:
             log.warning("cannot read egress addresses: %s", exc)
             return
         if log_always or current != self.egress:
-            listed = ", ".join(f"{i} {a}" for i, a in current) or "none found"
+            listed = ", ".join(f"{i} {a}" for i, a in current)
+            if not current:
+                listed = (
+                    "none found (no global address on "
+                    + (", ".join(self._egress_interfaces()) or "any default-route interface")
+                    + "; set agent.egress_interfaces to the interfaces traffic leaves by)"
+                )
             event(
                 log,
-                logging.INFO if log_always else logging.WARNING,
+                logging.WARNING if not current or not log_always else logging.INFO,
                 f"egress addresses (Bitbucket's IP allowlist must contain them): {listed}",
                 egress=[{"interface": i, "address": a} for i, a in current],
             )
@@ -639,7 +674,7 @@ class Daemon:
         held = sorted(self.counters.held)
         last = self.enforcer.last_applied
         entries = sum(len(e) for e in last.groups.values()) if last is not None else 0
-        line = f"{groups} groups, {entries} entries"
+        line = f"{_plural(groups, 'group')}, {_plural(entries, 'entry', 'entries')}"
         if failing:
             line += f", stale: {', '.join(failing)}"
         if held:
@@ -652,3 +687,7 @@ class Daemon:
 def _sample(items: list[str]) -> str:
     shown = " ".join(items[:LOG_SAMPLE])
     return shown + (f" … {len(items) - LOG_SAMPLE} more" if len(items) > LOG_SAMPLE else "")
+
+
+def _plural(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else (many or one + 's')}"

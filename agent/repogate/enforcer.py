@@ -12,13 +12,14 @@ import logging
 import time
 from dataclasses import dataclass
 
+from repogate.addresses import element_order
 from repogate.errors import NftError
 from repogate.model import DesiredState, KernelTable, Plan
 from repogate.nft import names
 from repogate.nft.backend import Backend
-from repogate.nft.builders import build_plan
+from repogate.nft.builders import build_delete_table, build_plan
 from repogate.plan import diff, expected_rule_comments, expected_table
-from repogate.reconcile import check_owned, describe
+from repogate.reconcile import check_owned
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class Outcome:
     applied: bool
     seconds: float
     drift: tuple[str, ...] = ()  # what a verify found changed behind repogate's back
+    moved_from: str | None = None  # the table renamed away from (agent.table changed)
 
 
 class Enforcer:
@@ -54,6 +56,8 @@ class Enforcer:
         return self.backend.chain_comments(desired.table, names.GATE_CHAIN) == expected
 
     def apply(self, desired: DesiredState, *, verify: bool = False) -> Outcome:
+        if self.last_applied is not None and self.last_applied.table != desired.table:
+            return self._move(self.last_applied.table, desired)
         drift: tuple[str, ...] = ()
         if verify or not self.model_known:
             fresh = self.read(desired.table)
@@ -62,7 +66,7 @@ class Enforcer:
                 if fresh is None:
                     drift = (f"table inet {desired.table} was deleted",)
                 elif not drifted.is_empty:
-                    drift = tuple(describe(drifted, desired.table))
+                    drift = describe_drift(drifted)
         plan = diff(desired, self.model)
         if plan.is_empty:
             self.last_applied = desired
@@ -85,6 +89,56 @@ class Enforcer:
         self.last_applied = desired
         return Outcome(plan, True, time.perf_counter() - started, drift)
 
+    def _move(self, old: str, desired: DesiredState) -> Outcome:
+        """agent.table changed: fill the new table and delete the old in one transaction,
+        so no client is refused or admitted by the wrong table even for a moment."""
+        target = self.read(desired.table)
+        plan = diff(desired, target)
+        commands = build_plan(plan, desired)
+        old_table = self.backend.read_table(old)
+        check_owned(old_table)
+        if old_table is not None:
+            commands += build_delete_table(old)
+        started = time.perf_counter()
+        self.backend.apply(commands)
+        self.model = expected_table(desired)
+        self.last_applied = desired
+        return Outcome(plan, True, time.perf_counter() - started, moved_from=old)
+
     def forget(self) -> None:
         """Distrust the model: the next apply re-reads the kernel first."""
         self.model_known = False
+
+
+def describe_drift(drifted: Plan) -> tuple[str, ...]:
+    """What changed behind repogate's back, in an admin's words.
+
+    `drifted` is the plan that would turn the kernel back into what was last
+    applied: what it would add is missing, what it would delete is foreign.
+    """
+    found: list[str] = []
+    found += [f"foreign {kind} {name}" for kind, name in drifted.delete_others]
+    found += [f"chain {name} missing" for name in drifted.add_chains]
+    found += [f"foreign chain {name}" for name in drifted.delete_chains]
+    found += [f"set {name} missing" for name in drifted.add_sets]
+    found += [f"foreign set {name}" for name in drifted.delete_sets]
+    found += [f"counter {name} missing" for name in drifted.add_counters]
+    found += [f"foreign counter {name}" for name in drifted.delete_counters]
+    structural = drifted.add_chains or drifted.delete_chains or drifted.delete_others
+    if drifted.rewrite_rules and not structural:
+        found.append("the rules were changed or flushed")
+    for change in drifted.set_changes:
+        if change.name in drifted.add_sets:
+            continue
+        parts = []
+        if change.add:
+            parts.append(f"{len(change.add)} missing ({_few(change.add)})")
+        if change.delete:
+            parts.append(f"{len(change.delete)} foreign ({_few(change.delete)})")
+        found.append(f"set {change.name}: " + ", ".join(parts))
+    return tuple(found)
+
+
+def _few(elements: frozenset[str]) -> str:
+    shown = sorted(elements, key=element_order)[:3]
+    return " ".join(shown) + (" …" if len(elements) > 3 else "")

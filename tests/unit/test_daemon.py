@@ -114,7 +114,7 @@ def test_start_reload_stop(tmp_path: Path, kernel: Any, notify_socket: Any) -> N
     assert time.monotonic() - started < 10
     messages = received()
     ready = [m for m in messages if m.startswith("READY=1")]
-    assert ready[0] == "READY=1\nSTATUS=1 groups, 1 entries"
+    assert ready[0] == "READY=1\nSTATUS=1 group, 1 entry"
     assert any(m.startswith("RELOADING=1") for m in messages)
     assert any("reload refused" in m for m in messages)
     assert messages[-1] == "STOPPING=1"

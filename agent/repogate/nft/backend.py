@@ -7,6 +7,7 @@ recorder instead of the kernel.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -55,6 +56,9 @@ class NftBackend:
         nft.set_json_output(True)
         nft.set_handle_output(False)
         self._nft = nft
+        # One libnftables context is not thread-safe (its cache is shared): two threads
+        # in it at once crash the process. The daemon's jobs run on several threads.
+        self._lock = threading.Lock()
 
     def table_exists(self, table: str) -> bool:
         listing = self._run({"nftables": [{"list": {"tables": {"family": FAMILY}}}]})
@@ -90,7 +94,9 @@ class NftBackend:
         return time.perf_counter() - started
 
     def _run(self, document: Json) -> list[dict[str, Any]]:
-        rc, output, error = self._nft.cmd(json.dumps(document))
+        text = json.dumps(document)
+        with self._lock:
+            rc, output, error = self._nft.cmd(text)
         if rc != 0:
             message = " ".join(str(error).split()) or f"libnftables returned {rc}"
             if _EPERM_TEXT in message:

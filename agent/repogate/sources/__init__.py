@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from repogate.addresses import NormalisedEntries, Rejected
 from repogate.config import (
@@ -25,6 +25,9 @@ from repogate.config import (
     StaticClients,
 )
 from repogate.errors import SourceError
+
+if TYPE_CHECKING:  # sources.dns imports this module; only its Protocol is needed here
+    from repogate.sources.dns import Resolves
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ class SourceSpec:
         return f"destination {self.destination} ({self.kind})"
 
 
-def specs(config: Config, resolver: object | None = None) -> list[SourceSpec]:
+def specs(config: Config, resolver: Resolves | None = None) -> list[SourceSpec]:
     """Every source of a config, clients first. `resolver` is shared by DNS sources."""
     found = [_group_spec(group, config, resolver) for group in config.clients]
     for destination in config.destinations.values():
@@ -84,7 +87,7 @@ def specs(config: Config, resolver: object | None = None) -> list[SourceSpec]:
     return found
 
 
-def _group_spec(group: ClientGroup, config: Config, resolver: object | None) -> SourceSpec:
+def _group_spec(group: ClientGroup, config: Config, resolver: Resolves | None) -> SourceSpec:
     limits = config.agent.prefix_limits
 
     def make() -> Source:
@@ -129,7 +132,7 @@ def _group_spec(group: ClientGroup, config: Config, resolver: object | None) -> 
 
 
 def _destination_specs(
-    destination: Destination, config: Config, resolver: object | None
+    destination: Destination, config: Config, resolver: Resolves | None
 ) -> list[SourceSpec]:
     found: list[SourceSpec] = []
     if destination.hosts:
@@ -179,12 +182,12 @@ def _destination_specs(
     return found
 
 
-def _resolver(config: Config, shared: object | None) -> object:
+def _resolver(config: Config, shared: Resolves | None) -> Resolves:
     """The DNS resolver all DNS sources of a run share (made on first use)."""
     return shared if shared is not None else shared_resolver(config)
 
 
-def shared_resolver(config: Config) -> object:
+def shared_resolver(config: Config) -> Resolves:
     from repogate.resolver import Resolver  # noqa: PLC0415
 
     settings = config.resolver

@@ -829,7 +829,7 @@ def test_file_group_follows_its_file_and_survives_losing_it(
     assert "source laptops recovered" in restarted.log(), restarted.context()
 
 
-# -- regressions: bugs these tests found -------------------------------------------------------------------
+# -- regressions: bugs these tests found ---------------------------------------------
 
 
 def test_verify_and_probe_may_run_at_the_same_time(

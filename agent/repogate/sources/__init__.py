@@ -163,7 +163,7 @@ def _destination_specs(
             from repogate.sources.feed import FeedSource  # noqa: PLC0415
 
             assert feed is not None  # for mypy: captured non-None above
-            return FeedSource(feed)
+            return FeedSource(feed, name=f"destination:{destination.name}:feed")
 
         found.append(
             SourceSpec(

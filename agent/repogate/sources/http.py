@@ -189,7 +189,8 @@ def _target(url: str, allow_insecure: bool, *, redirected: bool) -> _Target:
             "and accept that anyone on the path can then change the list)"
         )
     if scheme not in ("http", "https"):
-        raise _FetchError(f"{where}only https:// URLs can be fetched")
+        allowed = "http:// and https://" if allow_insecure else "https://"
+        raise _FetchError(f"{where}only {allowed} URLs can be fetched")
     try:
         port = parts.port
     except ValueError as exc:

@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 # python3-apscheduler, python3-pyroute2 and python3-pytest: the suite also runs on
 # Debian's packaged versions (test-debian), which the .deb depends on.
 APT_PACKAGES := nftables python3-nftables python3-venv iproute2 procps util-linux \
-	python3-apscheduler python3-pyroute2 python3-dnspython python3-pytest systemd \
+	python3-apscheduler python3-pyroute2 python3-dnspython python3-prometheus-client \
+	python3-pytest systemd \
 	dnsmasq-base bind9-dnsutils
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PIP := $(VENV)/.pip-stamp
@@ -31,7 +32,7 @@ $(STAMP_PIP): $(STAMP_APT) pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# --upgrade: the venv sees Debian's packages; take PyPI's current releases over them.
 	$(PY) -m pip install -q --upgrade -e '.[test]' 'apscheduler>=3.9,<4' 'pyroute2>=0.7' \
-		'dnspython>=2.3'
+		'dnspython>=2.3' 'prometheus-client>=0.16'
 	touch $@
 
 deps: $(STAMP_PIP)

@@ -11,9 +11,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from repogate import __version__
+from repogate.audit import AuditLog
 from repogate.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, config_path, load_config
 from repogate.errors import ConfigError, RepogateError, SourceError
 from repogate.nft.backend import Backend, NftBackend
@@ -177,6 +178,10 @@ def _sync(call: Invocation) -> int:
     prefix = "would " if args.dry_run and not result.plan.is_empty else ""
     for line in describe(result.plan, config.agent.table):
         print(f"{prefix}{line}", file=out)
+    if result.applied:
+        AuditLog(config.agent.state_dir, config.audit.path).record(
+            result.plan, result.desired, "sync"
+        )
     if args.show_transaction and result.commands:
         print(json.dumps(transaction(result.commands), indent=1), file=out)
     if result.applied:
@@ -225,12 +230,41 @@ def _status(call: Invocation) -> int:
     store.load()  # read only: status never writes state
     gathered = gather(config, current, store, network=False)
     status = collect_status(config, gathered, _egress(config))
+    recent = AuditLog(config.agent.state_dir).recent(10)
     if args.json:
-        json.dump(status.to_json(), out, indent=2)
+        json.dump({**status.to_json(), "recent_changes": recent}, out, indent=2)
         out.write("\n")
     else:
         out.write("\n".join(format_status(status)) + "\n")
+        out.write("\n".join(["", "recent changes (audit trail):", *_changes(recent)]) + "\n")
     return EXIT_OK
+
+
+def _in(address: str, entry: str) -> bool:
+    import ipaddress  # noqa: PLC0415 - explain only
+
+    try:
+        if "/" in entry:
+            return ipaddress.ip_address(address) in ipaddress.ip_network(entry)
+        return ipaddress.ip_address(address) == ipaddress.ip_address(entry)
+    except ValueError:
+        return False
+
+
+def _changes(lines: list[dict[str, Any]]) -> list[str]:
+    if not lines:
+        return ["  none recorded"]
+    shown = []
+    for line in lines:
+        if "event" in line:
+            shown.append(f"  {line['time']}  {line['event']} ({line['reason']})")
+            continue
+        added, removed = line.get("added", []), line.get("removed", [])
+        parts = [f"+{len(added)} {' '.join(added[:3])}" if added else ""]
+        parts.append(f"-{len(removed)} {' '.join(removed[:3])}" if removed else "")
+        text = "; ".join(p.strip() for p in parts if p)
+        shown.append(f"  {line['time']}  {line['owner']}: {line['set']} {text} ({line['reason']})")
+    return shown
 
 
 def _egress(config: Config) -> tuple[tuple[str, str], ...]:
@@ -260,7 +294,18 @@ def _explain(call: Invocation) -> int:
     except ValueError:
         print(f"repogate: {args.address!r} is not an IP address", file=call.err)
         return EXIT_USAGE
-    out.write("\n".join(format_explanation(explanation)) + "\n")
+    lines = format_explanation(explanation)
+    trail = AuditLog(config.agent.state_dir).trail(explanation.address)
+    lines += ["", f"audit trail of {explanation.address}:"]
+    for line in trail[-20:]:
+        covering = [e for e in line.get("added", []) if e not in ("",)]
+        verb = "admitted" if any(_in(explanation.address, e) for e in covering) else "removed"
+        lines.append(
+            f"  {line['time']}  {verb} via {line['set']} ({line['owner']}, {line['reason']})"
+        )
+    if not trail:
+        lines.append("  no recorded change touches it")
+    out.write("\n".join(lines) + "\n")
     return EXIT_OK
 
 
@@ -273,6 +318,9 @@ def _teardown(call: Invocation) -> int:
         return EXIT_OK
     check_owned(current)
     backend.apply(build_delete_table(config.agent.table))
+    AuditLog(config.agent.state_dir, config.audit.path).record_event(
+        config.agent.table, "table deleted", "teardown"
+    )
     print(f"table inet {config.agent.table}: deleted", file=out)
     return EXIT_OK
 

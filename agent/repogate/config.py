@@ -20,7 +20,9 @@ from repogate.configcheck import Checker, did_you_mean
 from repogate.errors import ConfigError, ConfigProblem
 from repogate.presets import PRESETS
 from repogate.settings import (
+    DEFAULT_METRICS_PORT,
     AgentConfig,
+    AuditConfig,
     ClientGroup,
     Config,
     Destination,
@@ -31,6 +33,7 @@ from repogate.settings import (
     Hook,
     HttpClients,
     HttpOptions,
+    MetricsConfig,
     ResolverConfig,
     Rule,
     StaticClients,
@@ -49,6 +52,7 @@ __all__ = [
     "Hook",
     "HttpClients",
     "HttpOptions",
+    "MetricsConfig",
     "ResolverConfig",
     "Rule",
     "StaticClients",
@@ -65,6 +69,7 @@ HOOKS = ("forward", "output")
 DESTINATION_PREFIX_LIMITS = {4: 8, 6: 16}
 # The table name becomes part of every nft command.
 TABLE_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+LISTEN_PATTERN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+)):(\d{1,5})")
 IFNAME_PATTERN = re.compile(r"[^/\s:]{1,15}")  # what the kernel accepts as a link name
 
 
@@ -93,16 +98,65 @@ def load_config(path: Path) -> Config:
 def parse_config(data: Mapping[str, Any], path: Path | None = None) -> Config:
     """Check a decoded TOML document; raise ConfigError listing every problem."""
     check = Checker()
-    top = check.table(data, "", {"agent", "resolver", "destinations", "clients", "rules"})
+    top = check.table(
+        data, "", {"agent", "resolver", "metrics", "audit", "destinations", "clients", "rules"}
+    )
     base = path.parent if path is not None else None
     agent = _parse_agent(check, top.get("agent", {}))
     resolver = _parse_resolver(check, top.get("resolver", {}))
     destinations = _parse_destinations(check, top.get("destinations"), base)
     clients = _parse_clients(check, top.get("clients"), agent, base)
     rules = _parse_rules(check, top.get("rules", []), destinations, clients)
+    metrics = _parse_metrics(check, top.get("metrics", {}), base)
+    audit_table = check.table(top.get("audit", {}), "audit", {"path"})
+    audit = AuditConfig(path=_path(check.string(audit_table, "audit", "path", None), base))
     if check.problems:
         raise ConfigError(check.problems, str(path) if path else "")
-    return Config(agent, destinations, clients, rules, path, resolver)
+    return Config(agent, destinations, clients, rules, path, resolver, metrics, audit)
+
+
+def _parse_metrics(check: Checker, raw: object, base: Path | None) -> MetricsConfig:
+    keys = {
+        "listen",
+        "tls_cert_file",
+        "tls_key_file",
+        "basic_auth_user",
+        "basic_auth_password_file",
+    }
+    table = check.table(raw, "metrics", keys)
+    listen = check.string(table, "metrics", "listen", f"127.0.0.1:{DEFAULT_METRICS_PORT}")
+    host: str | None = None
+    port = DEFAULT_METRICS_PORT
+    if table.get("listen") == "":
+        pass  # listen = "" turns metrics off
+    elif listen is not None:
+        found = LISTEN_PATTERN.fullmatch(listen)
+        address = (found.group(1) or found.group(2)) if found else None
+        if found is None or address is None or canonical_address(address) is None:
+            check.problem(
+                "metrics.listen",
+                f'{listen!r} is not ADDRESS:PORT (like "127.0.0.1:{DEFAULT_METRICS_PORT}" '
+                f'or "[::1]:{DEFAULT_METRICS_PORT}"; "" turns metrics off)',
+            )
+        elif not 0 <= int(found.group(3)) <= 65535:  # 0: any free port (tests)
+            check.problem("metrics.listen", f"port {found.group(3)} is outside 0-65535")
+        else:
+            host, port = address, int(found.group(3))
+    settings = MetricsConfig(
+        host=host,
+        port=port,
+        tls_cert_file=_path(check.string(table, "metrics", "tls_cert_file", None), base),
+        tls_key_file=_path(check.string(table, "metrics", "tls_key_file", None), base),
+        basic_auth_user=check.string(table, "metrics", "basic_auth_user", None),
+        basic_auth_password_file=_path(
+            check.string(table, "metrics", "basic_auth_password_file", None), base
+        ),
+    )
+    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+        check.problem("metrics", "tls_cert_file and tls_key_file go together")
+    if (settings.basic_auth_user is None) != (settings.basic_auth_password_file is None):
+        check.problem("metrics", "basic_auth_user and basic_auth_password_file go together")
+    return settings
 
 
 def _parse_resolver(check: Checker, raw: object) -> ResolverConfig:

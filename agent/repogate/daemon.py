@@ -18,19 +18,21 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from repogate.addresses import element_order
+from repogate.audit import AuditLog
 from repogate.config import Config, load_config
 from repogate.enforcer import Enforcer, Outcome
 from repogate.errors import ConfigError, RepogateError, SourceError
 from repogate.lastgood import ShrinkHold, Staleness, resolve
 from repogate.logs import event, setup_logging
-from repogate.model import DesiredState
+from repogate.metrics import Metrics, MetricsError, MetricsServer
+from repogate.model import CounterValue, DesiredState
 from repogate.netlink import LinkEvent, LinkWatcher, default_route_interfaces, interface_addresses
 from repogate.nft.backend import Backend, NftBackend
 from repogate.nft.builders import build_delete_table
@@ -88,12 +90,15 @@ class Daemon:
         backend_factory: Callable[[], Backend] = NftBackend,
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config_path = config_path
         self.backend_factory = backend_factory
         self.notifier = notifier or Notifier()
         self.clock = clock
+        self.metrics = metrics or Metrics()
         self.counters = Counters()
+        self._metrics_server: MetricsServer | None = None
         self.egress: list[tuple[str, str]] = []
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._state_lock = threading.Lock()  # config and source states
@@ -131,6 +136,23 @@ class Daemon:
             return EXIT_FAILURE
         self.store = StateStore(self.config.agent.state_dir)
         self.store.load()
+        self.audit = AuditLog(self.config.agent.state_dir, self.config.audit.path)
+        self._metrics_started_with: object = self.config.metrics
+        self.metrics.watch_traffic(self._read_traffic)
+        if self.config.metrics.host is not None:
+            try:
+                self._metrics_server = MetricsServer(self.config.metrics, self.metrics.registry)
+            except MetricsError as exc:
+                log.error("%s", exc)
+                return EXIT_FAILURE
+            scheme = "https" if self.config.metrics.tls_cert_file else "http"
+            host = self.config.metrics.host
+            shown = f"[{host}]" if ":" in host else host
+            event(
+                log,
+                logging.INFO,
+                f"metrics on {scheme}://{shown}:{self._metrics_server.port}/metrics",
+            )
         self._set_sources(self.config)
         # Local sources now; network sources (DNS, HTTPS, feeds) start from their last
         # known good in state_dir and are fetched by their jobs right after READY, so
@@ -191,6 +213,7 @@ class Daemon:
                 try:
                     if self.enforcer.backend.read_table(self.config.agent.table) is not None:
                         self.enforcer.backend.apply(build_delete_table(self.config.agent.table))
+                        self.audit.record_event(self.config.agent.table, "table deleted", "stop")
                     event(
                         log,
                         logging.WARNING,
@@ -208,6 +231,9 @@ class Daemon:
                     f"stopped; table inet {self.config.agent.table} stays in force "
                     "(on_stop = keep)",
                 )
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        self.audit.reopen()
         self.notifier.close()
         return EXIT_OK
 
@@ -380,8 +406,15 @@ class Daemon:
             return False
         started = time.perf_counter()
         try:
-            result = state.source.fetch()
+            try:
+                result = state.source.fetch()
+            finally:
+                self.metrics.source_refresh_duration.labels(source=name).observe(
+                    time.perf_counter() - started
+                )
+                self._count_dns(state.source)
         except SourceError as exc:
+            self.metrics.source_up.labels(source=name).set(0)
             with self._state_lock:
                 first = state.failure is None
                 state.failure, state.result = str(exc), None
@@ -414,18 +447,43 @@ class Daemon:
                 source=name,
                 rejected=result.rejected_count,
             )
+        self.metrics.source_up.labels(source=name).set(1)
+        self.metrics.source_last_success.labels(source=name).set(self.clock())
+        if result.rejected_count and changed:
+            self.metrics.source_rejected.labels(source=name).inc(result.rejected_count)
         log.debug("fetched %s in %.3fs", name, time.perf_counter() - started)
         return changed or recovered
+
+    def _count_dns(self, source: Source) -> None:
+        """Add a DNS source's last lookups to repogate_dns_queries_total."""
+        outcomes = getattr(source, "last_outcomes", None)
+        if isinstance(outcomes, dict):
+            for result, count in outcomes.items():
+                if count:
+                    self.metrics.dns_queries.labels(result=str(result)).inc(count)
+
+    def _read_traffic(self) -> Mapping[str, CounterValue]:
+        """The table's named counters, for the scrape (under the backend's own lock)."""
+        reader = getattr(self.enforcer.backend, "read_counters", None)
+        if reader is not None:
+            counters: Mapping[str, CounterValue] = reader(self.config.agent.table)
+            return counters
+        current = self.enforcer.backend.read_table(self.config.agent.table)
+        return current.counters if current is not None else {}
 
     # -- reconcile -----------------------------------------------------------------
 
     def _reconcile(self, reasons: set[str], *, verify: bool = False) -> Outcome | None:
         with self._reconcile_lock:
             self._busy_since = self.clock()
+            started = time.perf_counter()
             try:
-                return self._reconcile_locked(reasons, verify=verify)
+                outcome = self._reconcile_locked(reasons, verify=verify)
             finally:
                 self._busy_since = None
+                self.metrics.reconcile_duration.observe(time.perf_counter() - started)
+            self.metrics.reconciles.labels(result="ok" if outcome is not None else "failed").inc()
+            return outcome
 
     def _reconcile_locked(self, reasons: set[str], *, verify: bool) -> Outcome | None:
         reason = ", ".join(sorted(reasons))
@@ -445,8 +503,16 @@ class Daemon:
             now=self.clock(),
             source_specs=source_specs,
         )
-        self._log_staleness(resolved.stale)
+        expired_now = self._log_staleness(resolved.stale)
+        if expired_now:
+            reasons = {*reasons, "expiry"}
+            reason = ", ".join(sorted(reasons))
         self._log_holds(resolved.held)
+        keys = {spec.key for spec in source_specs if spec.dynamic}
+        self.metrics.holds(keys, resolved.held)
+        for key in keys:
+            self.metrics.source_stale.labels(source=key).set(int(key in resolved.stale))
+        self.metrics.forget_sources(keys)
         desired = desired_state(config, resolved.groups, resolved.destinations)
         try:
             outcome = self.enforcer.apply(desired, verify=verify)
@@ -458,6 +524,7 @@ class Daemon:
         self.counters.reconciles_ok += 1
         if outcome.drift:
             self.counters.drift_repairs += 1
+            self.metrics.drift_repairs.inc()
             event(
                 log,
                 logging.WARNING,
@@ -477,8 +544,19 @@ class Daemon:
             )
         if outcome.applied:
             self.counters.last_change = self.clock()
-            self._log_changes(outcome, desired, "drift repair" if outcome.drift else reason)
+            why = "drift repair" if outcome.drift else reason
+            self._log_changes(outcome, desired, why)
+            self.audit.record(outcome.plan, desired, why)
+            for change in outcome.plan.set_changes:
+                if change.add:
+                    self.metrics.set_changes.labels(set=change.name, op="add").inc(len(change.add))
+                if change.delete:
+                    self.metrics.set_changes.labels(set=change.name, op="delete").inc(
+                        len(change.delete)
+                    )
             self._ruleset_dirty = True
+        self.metrics.set_sizes({name: len(spec.elements) for name, spec in desired.sets.items()})
+        self.metrics.group_sizes({name: len(entries) for name, entries in desired.groups.items()})
         self._save_state()
         self._write_boot_ruleset(desired)
         self.notifier.status(self.status_line())
@@ -539,11 +617,14 @@ class Daemon:
             event(log, logging.INFO, f"source {key}: shrink confirmed and applied", source=key)
         self.counters.held = held
 
-    def _log_staleness(self, stale: dict[str, Staleness]) -> None:
+    def _log_staleness(self, stale: dict[str, Staleness]) -> bool:
+        """Log sources whose last known good just expired; return whether any did."""
         previous = self.counters.stale
+        expired_now = False
         for name, info in stale.items():
             before = previous.get(name)
             if info.expired and (before is None or not before.expired):
+                expired_now = True
                 event(
                     log,
                     logging.ERROR,
@@ -552,6 +633,7 @@ class Daemon:
                     source=name,
                 )
         self.counters.stale = stale
+        return expired_now
 
     def _write_boot_ruleset(self, desired: DesiredState | None, *, force: bool = False) -> None:
         """Keep state_dir/ruleset.nft equal to the enforced table (see render_boot)."""
@@ -585,10 +667,12 @@ class Daemon:
 
     def _reload(self) -> None:
         self.notifier.reloading()
+        self.audit.reopen()  # logrotate moved [audit] path: write to a new file
         try:
             config = load_config(self.config_path)
         except ConfigError as exc:
             self.counters.reloads_failed += 1
+            self.metrics.config_reloads.labels(result="failed").inc()
             for problem in exc.problems:
                 log.error("reload refused, invalid config %s: %s", exc.source, problem)
             event(log, logging.ERROR, "reload refused: keeping the running config")
@@ -609,10 +693,17 @@ class Daemon:
         # (ReloadPropagatedFrom=), whose flush the model knows nothing about.
         outcome = self._reconcile({"reload"}, verify=True)
         self.counters.reloads_ok += 1
+        self.metrics.config_reloads.labels(result="ok").inc()
+        if config.metrics != self._metrics_settings_at_start():
+            log.warning("[metrics] changed: restart the service to apply it")
+        self.audit.path = config.audit.path
         unchanged = " (no change to enforcement)" if outcome and not outcome.applied else ""
         event(log, logging.INFO, f"reloaded {self.config_path}{unchanged}", reason="reload")
         self._update_egress(log_always=False)
         self.notifier.ready(self.status_line())
+
+    def _metrics_settings_at_start(self) -> object:
+        return self._metrics_started_with
 
     # -- links and egress addresses -----------------------------------------------
 
@@ -642,6 +733,7 @@ class Daemon:
                 egress=[{"interface": i, "address": a} for i, a in current],
             )
         self.egress = current
+        self.metrics.egress(current)
 
     def _on_link_event(self, link_event: LinkEvent) -> None:
         watched = set(self._egress_interfaces())

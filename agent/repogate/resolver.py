@@ -333,13 +333,15 @@ class _Run:
     # -- the loop -------------------------------------------------------------------------
 
     def run(self) -> dict[str, Answer]:
-        while self.unsent or self.inflight or self.tcp or self.tcp_waiting:
+        while True:
             now = time.monotonic()
             if now >= self.deadline:
                 self._give_up()
                 break
             self._send(now)
             self._start_tcp(now)
+            if not (self.unsent or self.inflight or self.tcp or self.tcp_waiting):
+                break
             wake = self.deadline
             if self.timers:
                 wake = min(wake, self.timers[0][0])

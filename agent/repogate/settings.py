@@ -41,6 +41,26 @@ class AgentConfig:
         return {4: self.min_client_prefix_v4, 6: self.min_client_prefix_v6}
 
 
+# Prometheus's default port allocations have filled 9100-9999 (since 2023); this
+# port is outside that list.
+DEFAULT_METRICS_PORT = 10419
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    host: str | None = "127.0.0.1"  # None: metrics off
+    port: int = DEFAULT_METRICS_PORT
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    basic_auth_user: str | None = None
+    basic_auth_password_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    path: Path | None = None  # also append every change as one JSON line here
+
+
 @dataclass(frozen=True)
 class ResolverConfig:
     nameservers: tuple[str, ...] = ()  # empty: the system's /etc/resolv.conf
@@ -170,6 +190,8 @@ class Config:
     rules: tuple[Rule, ...] = ()
     path: Path | None = None
     resolver: ResolverConfig = ResolverConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    audit: AuditConfig = AuditConfig()
 
     def max_stale(self, group: ClientGroup) -> float:
         own = getattr(group, "max_stale", None)

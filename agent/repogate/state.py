@@ -197,6 +197,9 @@ def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
             temp.flush()
             os.fchmod(temp.fileno(), mode)
             os.fsync(temp.fileno())
+        if os.geteuid() == 0:  # keep state_dir's files its owner's (the service user's)
+            parent = path.parent.stat()
+            os.chown(temp_name, parent.st_uid, parent.st_gid)
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

@@ -102,6 +102,9 @@ def write_config(tmp_path: Path) -> Callable[[str], Path]:
     counter = iter(range(1000))
 
     def write(text: str) -> Path:
+        # Keep state and the audit trail in the test's own directory, never /var/lib.
+        if "[agent]\n" in text and "state_dir" not in text:
+            text = text.replace("[agent]\n", f'[agent]\nstate_dir = "{tmp_path / "state"}"\n', 1)
         path = tmp_path / f"repogate-{next(counter)}.toml"
         path.write_text(text, encoding="utf-8")
         return path

@@ -348,17 +348,20 @@ def test_explain_approved_address(config_file: Path, kernel: Any) -> None:
     run(["sync", "--config", str(config_file)], kernel)
     result = run(["explain", "10.20.1.2", "--config", str(config_file)], kernel)
     assert result.code == 0
-    assert result.lines == [
+    assert result.lines[:2] == [
         "10.20.1.2 is in client group 'office' through entry 10.20.0.0/16 in set "
         "client_office_v4_net: enforced",
         "  bitbucket: allowed on TCP 22, 443 via office",
     ]
+    assert result.lines[2:4] == ["", "audit trail of 10.20.1.2:"]
+    (trail,) = result.lines[4:]
+    assert trail.endswith("admitted via client_office_v4_net (group office, sync)")
 
 
 def test_explain_unapproved_address(config_file: Path) -> None:
     result = run(["explain", "2001:db8:99::1", "--config", str(config_file)])
     assert result.code == 0
-    assert result.lines == [
+    assert result.lines[:2] == [
         "2001:db8:99::1 is in no client group.",
         "  bitbucket: refused on TCP 22, 443 (TCP reset)",
     ]

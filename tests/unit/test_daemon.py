@@ -27,6 +27,9 @@ state_dir = "{state}"
 verify_interval = "1s"
 on_stop = "{on_stop}"
 
+[metrics]
+listen = "127.0.0.1:0"
+
 [destinations.bitbucket]
 networks = ["198.51.100.0/24"]
 ports = [22, 443]
@@ -150,3 +153,26 @@ def test_drift_is_repaired_by_the_probe(tmp_path: Path, kernel: Any) -> None:
     assert daemon.run() == 0
     assert kernel.read_table("repogate") is not None
     assert daemon.counters.drift_repairs >= 1
+
+
+def test_metrics_are_served_while_running(tmp_path: Path, kernel: Any) -> None:
+    import urllib.request
+
+    daemon = Daemon(write(tmp_path), backend_factory=lambda: kernel)
+    scraped: list[str] = []
+
+    def scrape() -> None:
+        server = daemon._metrics_server
+        assert server is not None
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as r:
+            scraped.append(r.read().decode())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    at(0.6, scrape)
+    assert daemon.run() == 0
+    (text,) = scraped
+    assert 'repogate_build_info{version="' in text
+    assert 'repogate_set_elements{set="client_office_v4_net"} 1.0' in text
+    assert 'repogate_group_entries{group="office"} 1.0' in text
+    assert 'repogate_reconciles_total{result="ok"}' in text
+    assert "repogate_packets_total" in text  # the table's counters, read at scrape time

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from repogate.errors import NftError, NftPermissionError, NftUnavailableError
-from repogate.model import KernelTable
+from repogate.model import CounterValue, KernelTable
 from repogate.nft.builders import FAMILY, Json, transaction
 from repogate.nft.parse import parse_table
 
@@ -73,6 +73,20 @@ class NftBackend:
             return None
         listing = self._run({"nftables": [{"list": {"table": {"family": FAMILY, "name": table}}}]})
         return parse_table(table, listing)
+
+    def read_counters(self, table: str) -> dict[str, CounterValue]:
+        """The table's named counters, without listing any set (cheap at scrape time)."""
+        if not self.table_exists(table):
+            return {}
+        listing = self._run(
+            {"nftables": [{"list": {"counters": {"family": FAMILY, "table": table}}}]}
+        )
+        found: dict[str, CounterValue] = {}
+        for item in listing:
+            body = item.get("counter")
+            if body is not None and body.get("table") == table:
+                found[body["name"]] = CounterValue(int(body["packets"]), int(body["bytes"]))
+        return found
 
     def chain_comments(self, table: str, chain: str) -> tuple[str | None, ...] | None:
         if not self.table_exists(table):

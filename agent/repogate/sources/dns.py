@@ -17,11 +17,15 @@ The two differ in which way is safe when DNS changes or fails:
   destination's `linger` (clients may still use a cached answer), and a host that
   fails keeps its addresses for as long as it fails: DNS trouble never opens a gate.
 
-If every name asked in a fetch fails at the transport level, the resolver is
-unreachable rather than the names wrong: `fetch()` raises SourceError, and the
-caller serves the source's last known good (marked stale). Partial failures are not
-an error. Names are spread over time only by their TTLs; names due within
-`DUE_SLACK` seconds are resolved together, so they stay in one batch.
+If every name asked in a fetch fails at the transport level (timeout, SERVFAIL,
+REFUSED, error) and no other name of the source has a good answer either, the
+resolver is unreachable rather than some names broken: `fetch()` raises SourceError,
+and the caller serves the source's last known good (marked stale). Partial failures
+are not an error, and neither is one broken name that happens to be due alone (its
+neighbours' answers, asked moments ago, show the resolver works).
+
+Names due within `DUE_SLACK` seconds of each other are resolved in one batch, so a
+group stays a few batches rather than drifting apart into one query per wake-up.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class _Name:
     addresses: dict[str, tuple[str, ...]] = field(default_factory=dict)  # "A"/"AAAA" -> addrs
     last_ok_at: dict[str, float] = field(default_factory=dict)  # per type: last definite answer
     due_at: float = 0.0
+    failing: bool = True  # its last answer was a transport failure (or it was never asked)
 
     def current(self) -> list[str]:
         found = {address for kind in RECORD_TYPES for address in self.addresses.get(kind, ())}
@@ -89,7 +94,7 @@ class _DnsCache:
 
         `keep(state, kind, lookup, now)` decides, for a failed lookup, whether the
         name keeps what it had for that record type. Raises SourceError when every
-        name asked failed at the transport level.
+        name asked failed at the transport level and no other name is doing better.
         """
         due = self.due(now)
         if not due:
@@ -102,7 +107,9 @@ class _DnsCache:
             outcomes[answer.outcome] += 1
             self._apply(self.state[name], answer, now, keep)
         self.last_outcomes = dict(outcomes)
-        if all(outcome in TRANSPORT_FAILURES for outcome in outcomes):
+        if all(outcome in TRANSPORT_FAILURES for outcome in outcomes) and all(
+            state.failing for state in self.state.values()
+        ):
             summary = ", ".join(f"{count} {outcome}" for outcome, count in outcomes.most_common())
             raise SourceError(
                 f"no DNS answer for any of {len(due)} names ({summary}); "
@@ -116,6 +123,7 @@ class _DnsCache:
         now: float,
         keep: Callable[[_Name, str, Lookup, float], bool],
     ) -> None:
+        state.failing = answer.outcome in TRANSPORT_FAILURES
         complete = True
         for kind in RECORD_TYPES:
             lookup = answer.lookup(kind)
@@ -132,7 +140,7 @@ class _DnsCache:
 
     def refresh_in(self, now: float, *others: float) -> float:
         due = min((state.due_at for state in self.state.values()), default=now)
-        return max(0.0, min(due, *others) - now)
+        return max(0.0, min([due, *others]) - now)
 
 
 class DnsSource:

@@ -1,0 +1,286 @@
+"""Every metric repogate exports, in one place, and the endpoint that serves them.
+
+Label values stay bounded: sets, groups, sources and destinations come from the
+config, never one per client address. Traffic counters are read from the owned
+table's named counters when Prometheus scrapes, so they are the kernel's own.
+
+The endpoint is a small WSGI server of our own around prometheus-client's
+exposition, so TLS and basic auth work the same on Debian's prometheus-client
+0.16 and on PyPI's current release.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily
+
+from repogate import __version__
+from repogate.errors import RepogateError
+from repogate.model import CounterValue
+from repogate.settings import MetricsConfig
+
+log = logging.getLogger(__name__)
+VERDICTS = ("allowed", "denied")
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class MetricsError(RepogateError):
+    """The metrics endpoint cannot be served as configured."""
+
+
+class Metrics:
+    """The daemon's instruments. A fresh registry per instance (tests make many)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.set_elements = Gauge(
+            "repogate_set_elements", "Elements in each set of the owned table.", ["set"], registry=r
+        )
+        self.group_entries = Gauge(
+            "repogate_group_entries",
+            "Entries enforced for each client group.",
+            ["group"],
+            registry=r,
+        )
+        self.source_up = Gauge(
+            "repogate_source_up",
+            "1 if the source's last refresh succeeded.",
+            ["source"],
+            registry=r,
+        )
+        self.source_last_success = Gauge(
+            "repogate_source_last_success_timestamp_seconds",
+            "When the source last refreshed successfully.",
+            ["source"],
+            registry=r,
+        )
+        self.source_stale = Gauge(
+            "repogate_source_stale",
+            "1 while the source is failing and its last known good entries are served.",
+            ["source"],
+            registry=r,
+        )
+        self.source_rejected = Counter(
+            "repogate_source_rejected_entries",
+            "Entries a source delivered that were rejected (not an address, too broad).",
+            ["source"],
+            registry=r,
+        )
+        self.source_refresh_duration = Histogram(
+            "repogate_source_refresh_duration_seconds",
+            "Time to refresh a source.",
+            ["source"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.reconcile_duration = Histogram(
+            "repogate_reconcile_duration_seconds",
+            "Time to compute and apply one reconcile.",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.reconciles = Counter(
+            "repogate_reconciles", "Reconciles by result.", ["result"], registry=r
+        )
+        self.set_changes = Counter(
+            "repogate_set_changes",
+            "Elements added to or deleted from each set.",
+            ["set", "op"],
+            registry=r,
+        )
+        self.dns_queries = Counter(
+            "repogate_dns_queries", "DNS lookups by outcome.", ["result"], registry=r
+        )
+        self.shrink_held = Gauge(
+            "repogate_shrink_held",
+            "1 while a refresh that shrank more than max_shrink is held back.",
+            ["source"],
+            registry=r,
+        )
+        self.drift_repairs = Counter(
+            "repogate_drift_repairs", "Repairs of the owned table changed by others.", registry=r
+        )
+        self.config_reloads = Counter(
+            "repogate_config_reloads", "Config reloads by result.", ["result"], registry=r
+        )
+        self.egress_address = Gauge(
+            "repogate_egress_address_info",
+            "The host's egress addresses (Bitbucket's IP allowlist must contain them).",
+            ["interface", "address"],
+            registry=r,
+        )
+        build = Gauge("repogate_build_info", "repogate's version.", ["version"], registry=r)
+        build.labels(version=__version__).set(1)
+        for result in ("ok", "failed"):  # present from the start, so rate() works at once
+            self.reconciles.labels(result=result)
+            self.config_reloads.labels(result=result)
+
+    def watch_traffic(self, read: Callable[[], Mapping[str, CounterValue]]) -> None:
+        """Export the table's named counters, read at each scrape through `read`."""
+        self.registry.register(_TrafficCollector(read))
+
+    def set_sizes(self, sizes: Mapping[str, int]) -> None:
+        _replace(self.set_elements, {(name,): size for name, size in sizes.items()})
+
+    def group_sizes(self, sizes: Mapping[str, int]) -> None:
+        _replace(self.group_entries, {(name,): size for name, size in sizes.items()})
+
+    def egress(self, addresses: Iterable[tuple[str, str]]) -> None:
+        _replace(self.egress_address, dict.fromkeys(addresses, 1))
+
+    def holds(self, sources: Iterable[str], held: Iterable[str]) -> None:
+        held_set = set(held)
+        _replace(self.shrink_held, {(s,): int(s in held_set) for s in sources})
+
+    def forget_sources(self, keep: set[str]) -> None:
+        """Drop the series of sources no longer configured."""
+        for gauge in (self.source_up, self.source_last_success, self.source_stale):
+            for labels in _label_values(gauge):
+                if labels[0] not in keep:
+                    gauge.remove(*labels)
+
+
+class _TrafficCollector:
+    def __init__(self, read: Callable[[], Mapping[str, CounterValue]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        packets = CounterMetricFamily(
+            "repogate_packets",
+            "Packets to protected destinations, by verdict (the table's named counters).",
+            labels=["destination", "verdict"],
+        )
+        octets = CounterMetricFamily(
+            "repogate_bytes",
+            "Bytes to protected destinations, by verdict (the table's named counters).",
+            labels=["destination", "verdict"],
+        )
+        try:
+            counters = self._read()
+        except RepogateError as exc:  # a scrape must not fail because the table is gone
+            log.warning("cannot read traffic counters: %s", exc)
+            counters = {}
+        for name, value in sorted(counters.items()):
+            verdict, _, destination = name.partition("_")
+            if verdict in VERDICTS and destination:
+                packets.add_metric([destination, verdict], value.packets)
+                octets.add_metric([destination, verdict], value.bytes)
+        yield packets
+        yield octets
+
+    def describe(self) -> Iterable[CounterMetricFamily]:
+        return []  # unchecked: families are built at each scrape
+
+
+def _label_values(metric: Any) -> list[tuple[str, ...]]:
+    # prometheus-client keeps children in `_metrics`; there is no public listing.
+    with metric._lock:
+        return list(metric._metrics)
+
+
+def _replace(gauge: Gauge, values: Mapping[tuple[str, ...], float]) -> None:
+    """Set a labelled gauge to exactly these series (old label sets are removed)."""
+    for labels in _label_values(gauge):
+        if labels not in values:
+            gauge.remove(*labels)
+    for labels, value in values.items():
+        gauge.labels(*labels).set(value)
+
+
+# -- the endpoint -----------------------------------------------------------------------
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per scrape would drown the events that matter
+
+
+class MetricsServer:
+    """Serves /metrics from a background thread until `close()`."""
+
+    def __init__(self, settings: MetricsConfig, registry: CollectorRegistry) -> None:
+        if settings.host is None:
+            raise MetricsError('metrics are turned off (metrics.listen = "")')
+        app: Callable[..., Any] = make_wsgi_app(registry)
+        if settings.basic_auth_user and settings.basic_auth_password_file:
+            app = _basic_auth(app, settings.basic_auth_user, settings.basic_auth_password_file)
+        server_class = _Server6 if ":" in settings.host else _Server
+        try:
+            self._server = make_server(
+                settings.host,
+                settings.port,
+                app,
+                server_class=server_class,
+                handler_class=_QuietHandler,
+            )
+        except OSError as exc:
+            raise MetricsError(
+                f"cannot listen on {settings.host}:{settings.port} for metrics: "
+                f"{exc.strerror or exc}"
+            ) from exc
+        if settings.tls_cert_file and settings.tls_key_file:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            try:
+                context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+            except (OSError, ssl.SSLError) as exc:
+                self._server.server_close()
+                raise MetricsError(f"cannot load the metrics TLS certificate: {exc}") from exc
+            # The handshake happens in the request's thread, so a stalled client cannot
+            # hold up the accept loop.
+            self._server.socket = context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _basic_auth(app: Callable[..., Any], user: str, password_file: Path) -> Callable[..., Any]:
+    try:
+        password = password_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise MetricsError(f"cannot read {password_file}: {exc.strerror or exc}") from exc
+    if not password:
+        raise MetricsError(f"{password_file} is empty")
+    expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        given = environ.get("HTTP_AUTHORIZATION", "")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            start_response(
+                "401 Unauthorized",
+                [("WWW-Authenticate", 'Basic realm="repogate"'), ("Content-Type", "text/plain")],
+            )
+            return [b"unauthorized\n"]
+        return app(environ, start_response)
+
+    return guarded

@@ -248,26 +248,29 @@ class Resolver:
         wanted = list(dict.fromkeys(names))
         if not wanted:
             return {}
-        run = _Run(self, self.servers(), wanted)
+        servers = self.servers()
+        run = _Run(self, wanted)
         try:
+            run.open(servers)
             return run.run()
         finally:
             run.close()
 
     def build(self, ident: int, question: bytes) -> bytes:
+        """A query's wire form: the template's header and EDNS record around `question`."""
         return struct.pack("!H", ident) + self._header + question + self._edns
 
 
 class _Run:
     """The state of one `resolve_many` call: sockets, queries in flight, results."""
 
-    def __init__(self, resolver: Resolver, servers: Sequence[str], names: list[str]) -> None:
+    def __init__(self, resolver: Resolver, names: list[str]) -> None:
         self.resolver = resolver
         self.timeout = resolver.timeout
         self.started = time.monotonic()
         self.deadline = self.started + resolver.deadline
         self.selector = selectors.DefaultSelector()
-        self.servers = [self._open(text) for text in servers]
+        self.servers: list[_Server] = []
         self.results: dict[tuple[str, int], Lookup] = {}
         self.unsent: deque[_Query] = deque()
         # (socket, query id) -> the query, its server, and the send's sequence number; the
@@ -279,7 +282,6 @@ class _Run:
         self.tcp: set[_Tcp] = set()
         self.names = names
         self.socket_turn = itertools.count()
-        count = len(self.servers)
         for index, name in enumerate(names):
             try:
                 qname = dns.name.from_text(name)
@@ -290,9 +292,14 @@ class _Run:
                 continue
             for rdtype in (_A, _AAAA):
                 question = wire + struct.pack("!HH", rdtype, _IN)
-                self.unsent.append(_Query(name, rdtype, qname, question, index % count))
+                # Spread over the nameservers by `index` (modulo their number when sent).
+                self.unsent.append(_Query(name, rdtype, qname, question, index))
 
     # -- sockets ------------------------------------------------------------------------
+
+    def open(self, servers: Sequence[str]) -> None:
+        for text in servers:
+            self.servers.append(self._open(text))
 
     def _open(self, text: str) -> _Server:
         port = self.resolver.port
@@ -305,7 +312,10 @@ class _Run:
         family, _type, _proto, _name, address = info[0]
         server = _Server(text, family, tuple(address), last_heard=self.started)
         for _ in range(SOCKETS_PER_SERVER):
-            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+            except OSError:  # out of file descriptors: fewer sockets will do
+                break
             try:
                 sock.setblocking(False)
                 # A smaller buffer than asked for only means more retries under load.
@@ -320,6 +330,8 @@ class _Run:
                 break
             server.sockets.append(sock)
             self.selector.register(sock, selectors.EVENT_READ, (server, len(server.sockets) - 1))
+        if not server.sockets:
+            server.down = "error"
         return server
 
     def close(self) -> None:

@@ -157,7 +157,19 @@ class Daemon:
         # Local sources now; network sources (DNS, HTTPS, feeds) start from their last
         # known good in state_dir and are fetched by their jobs right after READY, so
         # a start before the network is up (or with a slow server) is not held up.
+        # Destination hosts never seen before are the exception: without them the
+        # destination would be ungated until DNS answers (bounded by the resolver's
+        # deadline, seconds, unlike an HTTPS feed).
         self._fetch_all(local_only=True)
+        with self._state_lock:
+            unseen = [
+                key
+                for key, state in self._sources.items()
+                if state.spec.kind == "hosts"
+                and self.store.get(key, state.spec.fingerprint) is None
+            ]
+        for key in unseen:
+            self._fetch(key, force=True)
         # The rules of the previous run stay in force until this diff applies: the
         # table is never flushed or recreated at start.
         self._next_verify = time.monotonic() + self.config.agent.verify_interval

@@ -76,3 +76,7 @@ def enforced(bare_lab: Lab) -> Lab:
     sync = bare_lab.repogate("sync")
     assert sync.returncode == 0, f"repogate sync failed:\n{sync.stdout}\n{sync.stderr}"
     return bare_lab
+
+
+# The daemon fixtures live beside the daemon's tests; other modules use them too.
+from tests.e2e.test_daemon import daemon_lab, start_daemon, start_loop  # noqa: E402, F401

@@ -269,6 +269,7 @@ def interval_strategy(size: int, deletes: int) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="skip the interval-set study")
+    parser.add_argument("--skip-dns", action="store_true", help="skip the DNS benchmark")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root (network namespaces and nftables)", file=sys.stderr)
@@ -327,6 +328,10 @@ def main() -> int:
                     f"  {size:>6} networks, delete {deletes:>3}: deletes {delete_ms:8.1f} ms, "
                     f"refill {refill_ms:8.1f} ms, ratio {delete_ms / refill_ms:.2f}"
                 )
+    if not args.skip_dns:
+        # Its own process: bench/dns_resolution.py keeps this directory off sys.path,
+        # where lab/ and bench/ names could shadow dnspython's `dns` package.
+        subprocess.run([sys.executable, str(REPO / "bench" / "dns_resolution.py")], check=True)
     return 0
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.integration.conftest import REPO, Namespace
 
@@ -122,3 +126,49 @@ def test_the_boot_ruleset_restores_the_gate_before_the_daemon_runs(netns: Namesp
     netns.run("nft", "-f", str(ruleset))  # loading it again replaces, never duplicates
     assert netns.nft("list", "table", "inet", "repogate") == enforced
     assert "in sync, no changes" in netns.repogate("sync", config=config).stdout
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool (apt prometheus)")
+def test_metrics_follow_prometheus_conventions(netns: Namespace) -> None:
+    netns.run("ip", "link", "set", "lo", "up")
+    config = netns.write_config(
+        CONFIG.format(state=netns.workdir / "state") + '\n[metrics]\nlisten = "127.0.0.1:0"\n'
+    )
+    log = netns.workdir / "daemon.log"
+    with log.open("w") as handle:
+        daemon = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                netns.name,
+                "env",
+                f"PYTHONPATH={REPO / 'agent'}",
+                sys.executable,
+                "-m",
+                "repogate",
+                "run",
+                "--config",
+                str(config),
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        text = wait_for(log, "/metrics")
+        port = re.search(r"127\.0\.0\.1:(\d+)/metrics", text)
+        assert port, text
+        script = (
+            "import urllib.request,sys;sys.stdout.write(urllib.request.urlopen("
+            f"'http://127.0.0.1:{port.group(1)}/metrics', timeout=5).read().decode())"
+        )
+        scraped = netns.run(sys.executable, "-c", script).stdout
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=10) == 0
+    for name in ("repogate_build_info", "repogate_set_elements", "repogate_packets_total"):
+        assert name in scraped
+    lint = subprocess.run(
+        ["promtool", "check", "metrics"], input=scraped, capture_output=True, text=True, check=False
+    )
+    assert lint.returncode == 0 and lint.stdout == "", lint.stdout + lint.stderr

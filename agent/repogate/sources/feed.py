@@ -32,7 +32,13 @@ from repogate.config import DESTINATION_PREFIX_LIMITS
 from repogate.errors import SourceError
 from repogate.settings import FeedConfig
 from repogate.sources import SourceResult
-from repogate.sources.http import ConditionalFetch, Fetcher, FetchOutcome, HttpResponse, fetch_url
+from repogate.sources.http import (
+    ConditionalFetch,
+    ConditionalSource,
+    Fetcher,
+    HttpResponse,
+    fetch_url,
+)
 
 REJECTED_SAMPLE = 10
 
@@ -145,7 +151,7 @@ def _short(item: object) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-class FeedSource:
+class FeedSource(ConditionalSource):
     """A destination's ranges from a published feed, fetched conditionally every interval."""
 
     def __init__(
@@ -162,24 +168,6 @@ class FeedSource:
         self._limits = prefix_limits
         self._fetch = ConditionalFetch(feed.http, self._parse, fetch)
         self.last_feed: ParsedFeed | None = None
-
-    def signature(self) -> object | None:
-        """None: only the server knows whether the feed changed (a 304 is the cheap check)."""
-        return None
-
-    def fetch(self) -> SourceResult:
-        """The matching ranges now; on 304 the previous SourceResult itself."""
-        return self._fetch.get()
-
-    @property
-    def last_outcome(self) -> FetchOutcome | None:
-        return self._fetch.last_outcome
-
-    @property
-    def last_status(self) -> int | str | None:
-        """200, 304, the last error's text, or None before the first fetch."""
-        outcome = self._fetch.last_outcome
-        return outcome.label if outcome is not None else None
 
     def _parse(self, response: HttpResponse) -> SourceResult:
         url = self._feed.http.url

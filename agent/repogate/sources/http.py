@@ -480,20 +480,10 @@ class ConditionalFetch(Generic[Parsed]):
         self.last_outcome = FetchOutcome(status, error, time.time(), duration, size)
 
 
-class HttpSource:
-    """A client group fetched over HTTPS: lines or JSON, bad entries rejected and counted."""
+class ConditionalSource:
+    """What HTTP-fetched sources share: conditional fetches and their last outcome."""
 
-    def __init__(
-        self,
-        group: HttpClients,
-        prefix_limits: Mapping[int, int],
-        *,
-        fetch: Fetcher = fetch_url,
-    ) -> None:
-        self.name = group.name
-        self._group = group
-        self._limits = prefix_limits
-        self._fetch = ConditionalFetch(group.http, self._parse, fetch)
+    _fetch: ConditionalFetch[SourceResult]
 
     def signature(self) -> object | None:
         """None: only the server knows whether the list changed (a 304 is the cheap check)."""
@@ -512,6 +502,22 @@ class HttpSource:
         """200, 304, the last error's text, or None before the first fetch."""
         outcome = self._fetch.last_outcome
         return outcome.label if outcome is not None else None
+
+
+class HttpSource(ConditionalSource):
+    """A client group fetched over HTTPS: lines or JSON, bad entries rejected and counted."""
+
+    def __init__(
+        self,
+        group: HttpClients,
+        prefix_limits: Mapping[int, int],
+        *,
+        fetch: Fetcher = fetch_url,
+    ) -> None:
+        self.name = group.name
+        self._group = group
+        self._limits = prefix_limits
+        self._fetch = ConditionalFetch(group.http, self._parse, fetch)
 
     def _parse(self, response: HttpResponse) -> SourceResult:
         url = self._group.http.url

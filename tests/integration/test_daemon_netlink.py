@@ -30,6 +30,14 @@ addresses = ["10.20.0.0/16"]
 """
 
 
+def start_daemon(netns: Namespace, config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """`repogate run` in the namespace, its output in `log`; the caller stops it."""
+    argv = ["ip", "netns", "exec", netns.name, "env", f"PYTHONPATH={REPO / 'agent'}"]
+    argv += [sys.executable, "-m", "repogate", "run", "--config", str(config)]
+    with log.open("w") as handle:
+        return subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT)
+
+
 def wait_for(path: Path, text: str, timeout: float = 10.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -44,25 +52,7 @@ def test_egress_address_changes_are_logged_and_reported(netns: Namespace) -> Non
     netns.run("ip", "link", "add", "rgeg0", "type", "veth", "peer", "name", "rgeg1")
     config = netns.write_config(CONFIG.format(state=netns.workdir / "state"))
     log = netns.workdir / "daemon.log"
-    with log.open("w") as handle:
-        daemon = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                netns.name,
-                "env",
-                f"PYTHONPATH={REPO / 'agent'}",
-                sys.executable,
-                "-m",
-                "repogate",
-                "run",
-                "--config",
-                str(config),
-            ],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
+    daemon = start_daemon(netns, config, log)
     try:
         wait_for(log, "ready:")
         assert "egress addresses (Bitbucket's IP allowlist must contain them): none found" in (
@@ -93,25 +83,7 @@ def test_the_boot_ruleset_restores_the_gate_before_the_daemon_runs(netns: Namesp
         CONFIG.format(state=state).replace('egress_interfaces = ["rgeg0"]', "")
     )
     log = netns.workdir / "daemon.log"
-    with log.open("w") as handle:
-        daemon = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                netns.name,
-                "env",
-                f"PYTHONPATH={REPO / 'agent'}",
-                sys.executable,
-                "-m",
-                "repogate",
-                "run",
-                "--config",
-                str(config),
-            ],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
+    daemon = start_daemon(netns, config, log)
     try:
         wait_for(log, "ready:")
     finally:
@@ -135,25 +107,7 @@ def test_metrics_follow_prometheus_conventions(netns: Namespace) -> None:
         CONFIG.format(state=netns.workdir / "state") + '\n[metrics]\nlisten = "127.0.0.1:0"\n'
     )
     log = netns.workdir / "daemon.log"
-    with log.open("w") as handle:
-        daemon = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                netns.name,
-                "env",
-                f"PYTHONPATH={REPO / 'agent'}",
-                sys.executable,
-                "-m",
-                "repogate",
-                "run",
-                "--config",
-                str(config),
-            ],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
+    daemon = start_daemon(netns, config, log)
     try:
         text = wait_for(log, "/metrics")
         port = re.search(r"127\.0\.0\.1:(\d+)/metrics", text)

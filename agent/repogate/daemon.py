@@ -24,9 +24,9 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from repogate.addresses import element_order
 from repogate.audit import AuditLog
 from repogate.config import Config, load_config
+from repogate.daemon_events import announce_expiries, announce_holds, log_changes, plural
 from repogate.enforcer import Enforcer, Outcome
 from repogate.errors import ConfigError, RepogateError, SourceError
 from repogate.lastgood import ShrinkHold, Staleness, resolve
@@ -557,7 +557,7 @@ class Daemon:
         if outcome.applied:
             self.counters.last_change = self.clock()
             why = "drift repair" if outcome.drift else reason
-            self._log_changes(outcome, desired, why)
+            log_changes(outcome, desired, why)
             self.audit.record(outcome.plan, desired, why)
             for change in outcome.plan.set_changes:
                 if change.add:
@@ -574,76 +574,13 @@ class Daemon:
         self.notifier.status(self.status_line())
         return outcome
 
-    def _log_changes(self, outcome: Outcome, desired: DesiredState, reason: str) -> None:
-        plan = outcome.plan
-        if plan.create_table or plan.rewrite_rules:
-            event(
-                log,
-                logging.INFO,
-                f"table inet {desired.table}: "
-                + ("created" if plan.create_table else "rules rewritten")
-                + f" ({len(desired.rules)} rules; reason: {reason})",
-                reason=reason,
-            )
-        for change in plan.set_changes:
-            owner = desired.sets[change.name].owner
-            added = sorted(change.add, key=element_order)
-            removed = sorted(change.delete, key=element_order)
-            text = f"{owner}: set {change.name}"
-            if added:
-                text += f" added {len(added)} [{_sample(added)}]"
-            if removed:
-                text += f" removed {len(removed)} [{_sample(removed)}]"
-            event(
-                log,
-                logging.INFO,
-                f"{text} (reason: {reason})",
-                set=change.name,
-                owner=owner,
-                added=added,
-                removed=removed,
-                reason=reason,
-            )
-        event(
-            log,
-            logging.INFO,
-            f"applied in one transaction in {outcome.seconds * 1000:.1f} ms",
-            seconds=round(outcome.seconds, 6),
-            reason=reason,
-        )
-
     def _log_holds(self, held: dict[str, ShrinkHold]) -> None:
-        for key, hold in held.items():
-            if key not in self.counters.held:
-                event(
-                    log,
-                    logging.WARNING,
-                    f"source {key} shrank from {hold.previous} to {hold.proposed} entries, "
-                    "more than max_shrink: held back; the previous entries stay until the "
-                    "next refresh agrees or `repogate sync --accept-shrink`",
-                    source=key,
-                    previous=hold.previous,
-                    proposed=hold.proposed,
-                )
-        for key in set(self.counters.held) - set(held):
-            event(log, logging.INFO, f"source {key}: shrink confirmed and applied", source=key)
+        announce_holds(self.counters.held, held)
         self.counters.held = held
 
     def _log_staleness(self, stale: dict[str, Staleness]) -> bool:
         """Log sources whose last known good just expired; return whether any did."""
-        previous = self.counters.stale
-        expired_now = False
-        for name, info in stale.items():
-            before = previous.get(name)
-            if info.expired and (before is None or not before.expired):
-                expired_now = True
-                event(
-                    log,
-                    logging.ERROR,
-                    f"source {name}: last known good entries expired (max_stale); "
-                    "the group now admits nobody",
-                    source=name,
-                )
+        expired_now = announce_expiries(self.counters.stale, stale)
         self.counters.stale = stale
         return expired_now
 
@@ -778,7 +715,7 @@ class Daemon:
         held = sorted(self.counters.held)
         last = self.enforcer.last_applied
         entries = sum(len(e) for e in last.groups.values()) if last is not None else 0
-        line = f"{_plural(groups, 'group')}, {_plural(entries, 'entry', 'entries')}"
+        line = f"{plural(groups, 'group')}, {plural(entries, 'entry', 'entries')}"
         if failing:
             line += f", stale: {', '.join(failing)}"
         if held:
@@ -786,12 +723,3 @@ class Daemon:
         if self.counters.reconciles_failed and self.enforcer.last_applied is None:
             line += ", reconcile failing"
         return line
-
-
-def _sample(items: list[str]) -> str:
-    shown = " ".join(items[:LOG_SAMPLE])
-    return shown + (f" … {len(items) - LOG_SAMPLE} more" if len(items) > LOG_SAMPLE else "")
-
-
-def _plural(count: int, one: str, many: str | None = None) -> str:
-    return f"{count} {one if count == 1 else (many or one + 's')}"

@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := nftables python3-nftables python3-venv iproute2 procps util-linux \
 	python3-apscheduler python3-pyroute2 python3-dnspython python3-prometheus-client \
 	python3-pytest systemd \
-	dnsmasq-base bind9-dnsutils
+	dnsmasq-base bind9-dnsutils prometheus
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PIP := $(VENV)/.pip-stamp
 

@@ -154,6 +154,7 @@ class Daemon:
                 f"metrics on {scheme}://{shown}:{self._metrics_server.port}/metrics",
             )
         self._set_sources(self.config)
+        self._seed_source_metrics()
         # Local sources now; network sources (DNS, HTTPS, feeds) start from their last
         # known good in state_dir and are fetched by their jobs right after READY, so
         # a start before the network is up (or with a slow server) is not held up.
@@ -373,6 +374,16 @@ class Daemon:
                 else:
                     self._sources[spec.key] = SourceState(spec, spec.make())
 
+    def _seed_source_metrics(self) -> None:
+        """Last successes from state_dir, so freshness survives a restart in the metrics."""
+        with self._state_lock:
+            found = [state.spec for state in self._sources.values() if state.spec.dynamic]
+        self.metrics.known_sources(spec.key for spec in found)
+        for spec in found:
+            record = self.store.get(spec.key, spec.fingerprint)
+            if record is not None and record.origin != "kernel":
+                self.metrics.source_last_success.labels(source=spec.key).set(record.fetched_at)
+
     def _shared_resolver(self, config: Config) -> Resolves:
         """One resolver for every DNS source, remade when [resolver] changes."""
         if self._resolver is None or self._resolver_settings != config.resolver:
@@ -567,6 +578,7 @@ class Daemon:
                         len(change.delete)
                     )
             self._ruleset_dirty = True
+        self.metrics.known_sets(desired.sets)
         self.metrics.set_sizes({name: len(spec.elements) for name, spec in desired.sets.items()})
         self.metrics.group_sizes({name: len(entries) for name, entries in desired.groups.items()})
         self._save_state()
@@ -622,6 +634,7 @@ class Daemon:
         except ConfigError as exc:
             self.counters.reloads_failed += 1
             self.metrics.config_reloads.labels(result="failed").inc()
+            self.metrics.reload_ok.set(0)
             for problem in exc.problems:
                 log.error("reload refused, invalid config %s: %s", exc.source, problem)
             event(log, logging.ERROR, "reload refused: keeping the running config")
@@ -632,6 +645,7 @@ class Daemon:
         with self._reconcile_lock, self._state_lock:
             self.config = config
         self._set_sources(config)
+        self._seed_source_metrics()
         self._fetch_all(local_only=True)
         if self._scheduler is not None:
             self._scheduler.reschedule_job(
@@ -643,6 +657,7 @@ class Daemon:
         outcome = self._reconcile({"reload"}, verify=True)
         self.counters.reloads_ok += 1
         self.metrics.config_reloads.labels(result="ok").inc()
+        self.metrics.reload_ok.set(1)
         if config.metrics != self._metrics_settings_at_start():
             log.warning("[metrics] changed: restart the service to apply it")
         self.audit.path = config.audit.path

@@ -33,6 +33,7 @@ from repogate.settings import MetricsConfig
 
 log = logging.getLogger(__name__)
 VERDICTS = ("allowed", "denied")
+DNS_OUTCOMES = ("ok", "nodata", "nxdomain", "servfail", "refused", "timeout", "error")
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -122,11 +123,30 @@ class Metrics:
             ["interface", "address"],
             registry=r,
         )
+        self.reload_ok = Gauge(
+            "repogate_config_last_reload_successful",
+            "1 if the last config reload (or the start) succeeded.",
+            registry=r,
+        )
+        self.reload_ok.set(1)
         build = Gauge("repogate_build_info", "repogate's version.", ["version"], registry=r)
         build.labels(version=__version__).set(1)
-        for result in ("ok", "failed"):  # present from the start, so rate() works at once
+        # Present from the start at 0, so rate() and increase() see the first event.
+        for result in ("ok", "failed"):
             self.reconciles.labels(result=result)
             self.config_reloads.labels(result=result)
+        for outcome in DNS_OUTCOMES:
+            self.dns_queries.labels(result=outcome)
+
+    def known_sets(self, names: Iterable[str]) -> None:
+        """Create the change counters of every set at 0."""
+        for name in names:
+            for op in ("add", "delete"):
+                self.set_changes.labels(set=name, op=op)
+
+    def known_sources(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.source_rejected.labels(source=key)
 
     def watch_traffic(self, read: Callable[[], Mapping[str, CounterValue]]) -> None:
         """Export the table's named counters, read at each scrape through `read`."""

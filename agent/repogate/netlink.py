@@ -61,7 +61,10 @@ def interface_addresses(interfaces: Iterable[str]) -> list[InterfaceAddress]:
         names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
         for message in ipr.get_addr():
             name = names.get(message["index"])
-            if name in wanted and message["scope"] == 0:  # RT_SCOPE_UNIVERSE
+            # RT_SCOPE_UNIVERSE only; IPv6 privacy (temporary) addresses rotate daily and
+            # are not what an allowlist should hold (IFA_F_TEMPORARY is 0x01 for AF_INET6).
+            temporary = message["family"] == 10 and message["flags"] & 0x01
+            if name in wanted and message["scope"] == 0 and not temporary:
                 address = message.get_attr("IFA_ADDRESS") or message.get_attr("IFA_LOCAL")
                 if address:
                     result.append(InterfaceAddress(name, address))

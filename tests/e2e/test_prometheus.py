@@ -212,6 +212,7 @@ def stand_in_metrics(elapsed: float, now: float) -> str:
             "counter",
             [({"result": "ok"}, math.floor(t / 4)), ({"result": "failed"}, 1)],
         ),
+        *_family("repogate_config_last_reload_successful", "gauge", [({}, 1)]),
         *_family(
             "repogate_egress_address_info",
             "gauge",

@@ -19,11 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from repogate.addresses import element_order
 from repogate.model import DesiredState, Plan
 
 log = logging.getLogger("repogate.audit")
 RECENT_FILE = "audit.jsonl"
 RECENT_MAX_BYTES = 16 * 1024 * 1024  # past this the recent file keeps its newer half
+SORT_LIMIT = 10_000
 
 
 def classify(reason: str, added: bool, removed: bool) -> str:
@@ -52,7 +54,7 @@ class AuditLog:
         for change in plan.set_changes:
             spec = desired.sets.get(change.name)
             owner = spec.owner if spec is not None else ""
-            added, removed = sorted(change.add), sorted(change.delete)
+            added, removed = _listed(change.add), _listed(change.delete)
             lines.append(
                 {
                     "time": stamp,
@@ -137,6 +139,11 @@ class AuditLog:
                     yield json.loads(raw)
                 except ValueError:
                     continue  # a torn last line after a crash
+
+
+def _listed(elements: frozenset[str]) -> list[str]:
+    """Sorted for people when short; a cold load of 100k entries is written as it comes."""
+    return sorted(elements, key=element_order) if len(elements) <= SORT_LIMIT else list(elements)
 
 
 def _covers(entry: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "agent"))
-REPEATS = 5
+REPEATS = 7
 
 
 def addresses(count: int, offset: int = 0) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 from repogate.addresses import NormalisedEntries
 
 STATE_FILE = "state.json"
-STATE_VERSION = 1
+STATE_VERSION = 2
 log = logging.getLogger(__name__)
 
 
@@ -37,21 +37,21 @@ class Record:
             "fingerprint": self.fingerprint,
             "fetched_at": self.fetched_at,
             "origin": self.origin,
-            # Unsorted: order does not matter to a set, and sorting 100k texts costs more
-            # than writing them.
-            "addresses_v4": list(self.entries.addresses_v4),
-            "addresses_v6": list(self.entries.addresses_v6),
-            "networks_v4": list(self.entries.networks_v4),
-            "networks_v6": list(self.entries.networks_v6),
+            # One space-separated string per set, unsorted: order does not matter to a
+            # set, and a JSON list of 100k strings costs several times more to write.
+            "addresses_v4": " ".join(self.entries.addresses_v4),
+            "addresses_v6": " ".join(self.entries.addresses_v6),
+            "networks_v4": " ".join(self.entries.networks_v4),
+            "networks_v6": " ".join(self.entries.networks_v6),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Record:
         def texts(key: str) -> frozenset[str]:
-            values = data.get(key, [])
-            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-                raise ValueError(f"{key} is not a list of strings")
-            return frozenset(values)
+            values = data.get(key, "")
+            if not isinstance(values, str):
+                raise ValueError(f"{key} is not a string of entries")
+            return frozenset(values.split())
 
         return cls(
             fingerprint=str(data["fingerprint"]),

@@ -77,6 +77,10 @@ def timed(argv: list[str]) -> float:
     return time.perf_counter() - started
 
 
+# What the Debian package runs: Debian's interpreter and its packages, no venv.
+INSTALLED_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+
+
 def repogate_argv(ns: str, *args: str) -> list[str]:
     return [
         "ip",
@@ -85,7 +89,7 @@ def repogate_argv(ns: str, *args: str) -> list[str]:
         ns,
         "env",
         f"PYTHONPATH={REPO / 'agent'}",
-        sys.executable,
+        INSTALLED_PYTHON,
         "-m",
         "repogate",
         *args,
@@ -277,13 +281,14 @@ def main() -> int:
     nft = subprocess.run(["nft", "--version"], capture_output=True, text=True, check=True)
     nft_version = nft.stdout
     print(
-        f"# repogate bench: {nft_version.strip()}, kernel {os.uname().release}, "
+        f"# repogate runs as installed: {INSTALLED_PYTHON}, bytecode compiled; "
+        f"{nft_version.strip()}, kernel {os.uname().release}, "
         f"python {sys.version.split()[0]}, median of {REPEATS}"
     )
     # Installed, repogate runs from bytecode (the Debian package's postinst compiles
     # it); measure it that way even where PYTHONDONTWRITEBYTECODE is set.
     subprocess.run(
-        [sys.executable, "-m", "compileall", "-q", str(REPO / "agent" / "repogate")], check=True
+        [INSTALLED_PYTHON, "-m", "compileall", "-q", str(REPO / "agent" / "repogate")], check=True
     )
     with tempfile.TemporaryDirectory(prefix="repogate-bench-") as tmp:
         work = Path(tmp)

@@ -48,6 +48,12 @@ class AuditLog:
 
     def record(self, plan: Plan, desired: DesiredState, reason: str) -> list[dict[str, Any]]:
         """Write one line per changed set; return them."""
+        lines = self.prepare(plan, desired, reason)
+        self._write(lines)
+        return lines
+
+    def prepare(self, plan: Plan, desired: DesiredState, reason: str) -> list[dict[str, Any]]:
+        """The lines for a change, without writing them (see `write`)."""
         now = time.time()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now))
         lines: list[dict[str, Any]] = []
@@ -68,8 +74,16 @@ class AuditLog:
                     "detail": reason,
                 }
             )
-        self._write(lines)
         return lines
+
+    def write(self, lines: list[dict[str, Any]], text: str | None = None) -> None:
+        """Write prepared lines (once the change they describe is in the kernel);
+        `text` is their serialisation if already made (see `serialise`)."""
+        self._write(lines, text)
+
+    @staticmethod
+    def serialise(lines: list[dict[str, Any]]) -> str:
+        return "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
 
     def record_event(self, table: str, event: str, reason: str) -> None:
         """A change that is not a set's (the table deleted on stop or by teardown)."""
@@ -87,12 +101,13 @@ class AuditLog:
             ]
         )
 
-    def _write(self, lines: list[dict[str, Any]]) -> None:
+    def _write(self, lines: list[dict[str, Any]], text: str | None = None) -> None:
         if not lines:
             return
-        text = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
-        for line in text.splitlines():
-            log.info("audit: %s", line)
+        text = text if text is not None else self.serialise(lines)
+        if log.isEnabledFor(logging.INFO):
+            for line in text.splitlines():
+                log.info("audit: %s", line)
         try:
             _append(self.recent_path, text)
             _trim(self.recent_path)

@@ -17,6 +17,7 @@ from repogate import __version__
 from repogate.audit import AuditLog
 from repogate.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, config_path, load_config
 from repogate.errors import ConfigError, RepogateError, SourceError
+from repogate.model import DesiredState, Plan
 from repogate.nft.backend import Backend, NftBackend
 from repogate.nft.builders import build_delete_table, transaction
 from repogate.reconcile import check_owned, describe, describe_sources, gather, sync
@@ -156,18 +157,38 @@ def _sync(call: Invocation) -> int:
     args, config, out = call.args, call.config, call.out
     store = StateStore(config.agent.state_dir)
     store.load()
+    audit = AuditLog(config.agent.state_dir, config.audit.path)
+    prepared: list[tuple[list[dict[str, Any]], str]] = []
+    warnings: list[str] = []
+
+    def meanwhile(plan: Plan, desired: DesiredState) -> None:
+        lines = audit.prepare(plan, desired, "sync")
+        prepared.append((lines, audit.serialise(lines)))
+        try:
+            store.save_if_due(time.time())
+        except OSError as exc:
+            warnings.append(
+                f"repogate: warning: could not save last known good entries in "
+                f"{config.agent.state_dir}: {exc.strerror or exc}"
+            )
+
     result = sync(
         config,
         call.backend(),
         dry_run=args.dry_run,
         store=store,
         accept_shrink=args.accept_shrink,
+        meanwhile=meanwhile,
     )
+    if result.applied and prepared:
+        audit.write(*prepared[0])
+    for warning in warnings:
+        print(warning, file=call.err)
     gathered = result.gathered
     for line in describe_sources(config, gathered.collected, gathered.stale, gathered.held):
         print(line, file=out)
-    if not args.dry_run:
-        try:
+    if not args.dry_run and not result.applied:
+        try:  # nothing to apply: the sources' records may still be due a save
             store.save_if_due(time.time())
         except OSError as exc:
             print(
@@ -178,10 +199,6 @@ def _sync(call: Invocation) -> int:
     prefix = "would " if args.dry_run and not result.plan.is_empty else ""
     for line in describe(result.plan, config.agent.table):
         print(f"{prefix}{line}", file=out)
-    if result.applied:
-        AuditLog(config.agent.state_dir, config.audit.path).record(
-            result.plan, result.desired, "sync"
-        )
     if args.show_transaction and result.commands:
         print(json.dumps(transaction(result.commands), indent=1), file=out)
     if result.applied:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from repogate.addresses import element_order
@@ -97,7 +98,11 @@ def sync(
     dry_run: bool = False,
     store: StateStore | None = None,
     accept_shrink: bool = False,
+    meanwhile: Callable[[Plan, DesiredState], None] | None = None,
 ) -> SyncResult:
+    """One sync. `meanwhile(plan, desired)` runs in a thread while the kernel commits
+    (libnftables releases the GIL), so writing state and preparing the audit lines
+    costs no wall time."""
     current = backend.read_table(config.agent.table)
     check_owned(current)
     gathered = gather(config, current, store, accept_shrink=accept_shrink)
@@ -105,7 +110,25 @@ def sync(
     commands = build_plan(plan, gathered.desired)
     if dry_run or plan.is_empty:
         return SyncResult(gathered, plan, commands, False, 0.0)
-    seconds = backend.apply(commands)
+    worker: threading.Thread | None = None
+    failure: list[BaseException] = []
+    if meanwhile is not None:
+
+        def run() -> None:
+            try:
+                meanwhile(plan, gathered.desired)
+            except BaseException as exc:  # re-raised below, in the caller's thread
+                failure.append(exc)
+
+        worker = threading.Thread(target=run, name="sync-meanwhile")
+        worker.start()
+    try:
+        seconds = backend.apply(commands)
+    finally:
+        if worker is not None:
+            worker.join()
+    if failure:
+        raise failure[0]
     return SyncResult(gathered, plan, commands, True, seconds)
 
 

@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # Debian's packaged versions (test-debian), which the .deb depends on.
 APT_PACKAGES := nftables python3-nftables python3-venv iproute2 procps util-linux \
 	python3-apscheduler python3-pyroute2 python3-dnspython python3-prometheus-client \
-	python3-pytest systemd \
+	python3-pytest python3-trustme systemd \
 	dnsmasq-base bind9-dnsutils prometheus
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PIP := $(VENV)/.pip-stamp

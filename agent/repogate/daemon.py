@@ -466,7 +466,8 @@ class Daemon:
             event(
                 log,
                 logging.WARNING,
-                f"source {name}: {result.rejected_count} entries rejected ({sample})",
+                f"source {name}: {plural(result.rejected_count, 'entry', 'entries')} "
+                f"rejected ({sample})",
                 source=name,
                 rejected=result.rejected_count,
             )

@@ -25,10 +25,10 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from repogate.audit import AuditLog
-from repogate.config import Config, load_config
+from repogate.config import load_config
 from repogate.daemon_events import announce_expiries, announce_holds, log_changes, plural
 from repogate.enforcer import Enforcer, Outcome
-from repogate.errors import ConfigError, RepogateError, SourceError
+from repogate.errors import ConfigError, RepogateError
 from repogate.lastgood import ShrinkHold, Staleness, resolve
 from repogate.logs import event, setup_logging
 from repogate.metrics import Metrics, MetricsError, MetricsServer
@@ -39,11 +39,11 @@ from repogate.nft.builders import build_delete_table
 from repogate.notify import Notifier
 from repogate.plan import desired_state
 from repogate.render import render_boot
-from repogate.sources import LOCAL_KINDS, Source, SourceResult, SourceSpec, specs
+from repogate.sourcetable import SourceTable
 from repogate.state import StateStore, write_atomically
 
 if TYPE_CHECKING:
-    from repogate.sources.dns import Resolves
+    pass
 
 log = logging.getLogger("repogate")
 UTC = datetime.UTC
@@ -56,16 +56,6 @@ LOG_SAMPLE = 50  # entries listed per change in a log line (the count is always 
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
-
-
-@dataclass
-class SourceState:
-    spec: SourceSpec
-    source: Source
-    result: SourceResult | None = None
-    failure: str | None = None
-    failing_since: float | None = None
-    signature: object | None = None
 
 
 @dataclass
@@ -109,9 +99,7 @@ class Daemon:
         self._ruleset_written = 0.0
         self._ruleset_dirty = False
         self._busy_since: float | None = None
-        self._sources: dict[str, SourceState] = {}
-        self._resolver: Resolves | None = None
-        self._resolver_settings: object | None = None
+        self.sources = SourceTable(self.metrics, clock)
         self._scheduler: Any = None
 
     # -- life cycle ---------------------------------------------------------------
@@ -153,8 +141,7 @@ class Daemon:
                 logging.INFO,
                 f"metrics on {scheme}://{shown}:{self._metrics_server.port}/metrics",
             )
-        self._set_sources(self.config)
-        self._seed_source_metrics()
+        self.sources.configure(self.config, self.store)
         # Local sources now; network sources (DNS, HTTPS, feeds) start from their last
         # known good in state_dir and are fetched by their jobs right after READY, so
         # a start before the network is up (or with a slow server) is not held up.
@@ -162,14 +149,7 @@ class Daemon:
         # destination would be ungated until DNS answers (bounded by the resolver's
         # deadline, seconds, unlike an HTTPS feed).
         self._fetch_all(local_only=True)
-        with self._state_lock:
-            unseen = [
-                key
-                for key, state in self._sources.items()
-                if state.spec.kind == "hosts"
-                and self.store.get(key, state.spec.fingerprint) is None
-            ]
-        for key in unseen:
+        for key in self.sources.unseen_hosts(self.store):
             self._fetch(key, force=True)
         # The rules of the previous run stay in force until this diff applies: the
         # table is never flushed or recreated at start.
@@ -290,14 +270,11 @@ class Daemon:
             if job.id.startswith("refresh:"):
                 job.remove()
         now = datetime.datetime.now(UTC)
-        with self._state_lock:
-            dynamic = [s.spec for s in self._sources.values() if s.spec.interval is not None]
+        dynamic = [spec for spec in self.sources.specs() if spec.interval is not None]
         for spec in dynamic:
             interval = float(spec.interval or 60.0)
             # A network source not fetched yet (after start or reload) goes first thing.
-            with self._state_lock:
-                state = self._sources[spec.key]
-                fresh = state.result is None and state.failure is None
+            fresh = self.sources.never_fetched(spec.key)
             first = now + datetime.timedelta(seconds=0.1 if fresh else interval)
             self._scheduler.add_job(
                 self._refresh_job,
@@ -358,57 +335,14 @@ class Daemon:
 
     # -- sources -------------------------------------------------------------------
 
-    def _set_sources(self, config: Config) -> None:
-        """One SourceState per source of the config; unchanged sources keep their state
-        (a DNS source its per-name cache), so a reload does not re-fetch everything."""
-        found = specs(config)
-        if any(spec.kind in ("dns", "hosts") for spec in found):
-            found = specs(config, self._shared_resolver(config))
-        with self._state_lock:
-            old = self._sources
-            self._sources = {}
-            for spec in found:
-                previous = old.get(spec.key)
-                if previous is not None and previous.spec == spec:
-                    self._sources[spec.key] = previous
-                else:
-                    self._sources[spec.key] = SourceState(spec, spec.make())
-
-    def _seed_source_metrics(self) -> None:
-        """Last successes from state_dir, so freshness survives a restart in the metrics."""
-        with self._state_lock:
-            found = [state.spec for state in self._sources.values() if state.spec.dynamic]
-        self.metrics.known_sources(spec.key for spec in found)
-        for spec in found:
-            record = self.store.get(spec.key, spec.fingerprint)
-            if record is not None and record.origin != "kernel":
-                self.metrics.source_last_success.labels(source=spec.key).set(record.fetched_at)
-
-    def _shared_resolver(self, config: Config) -> Resolves:
-        """One resolver for every DNS source, remade when [resolver] changes."""
-        if self._resolver is None or self._resolver_settings != config.resolver:
-            from repogate.sources import shared_resolver  # noqa: PLC0415
-
-            self._resolver = shared_resolver(config)
-            self._resolver_settings = config.resolver
-        return self._resolver
-
     def _fetch_all(self, *, local_only: bool = False) -> None:
-        with self._state_lock:
-            keys = [
-                key
-                for key, state in self._sources.items()
-                if not local_only or state.spec.kind in LOCAL_KINDS
-            ]
-        for key in keys:
+        for key in self.sources.keys(local_only=local_only):
             self._fetch(key, force=True)
 
     def _refresh_job(self, name: str) -> None:
         if self._fetch(name, force=False):
             self.request_reconcile(f"refresh {name}")
-        with self._state_lock:
-            state = self._sources.get(name)
-            refresh_in = state.result.refresh_in if state and state.result else None
+        refresh_in = self.sources.refresh_in(name)
         if refresh_in is not None and self._scheduler is not None:
             # The source asked to be asked again sooner or later than its interval.
             when = datetime.datetime.now(UTC) + datetime.timedelta(seconds=refresh_in)
@@ -416,75 +350,7 @@ class Daemon:
 
     def _fetch(self, name: str, *, force: bool) -> bool:
         """Fetch one source; return whether what it contributes may have changed."""
-        with self._state_lock:
-            state = self._sources.get(name)
-        if state is None:
-            return False
-        signature = state.source.signature()
-        unchanged = signature is not None and signature == state.signature
-        # A held-back shrink is fetched again even if unchanged: the next refresh that
-        # agrees with it is what releases it.
-        held = name in self.counters.held
-        if not force and unchanged and state.failure is None and not held:
-            return False
-        started = time.perf_counter()
-        try:
-            try:
-                result = state.source.fetch()
-            finally:
-                self.metrics.source_refresh_duration.labels(source=name).observe(
-                    time.perf_counter() - started
-                )
-                self._count_dns(state.source)
-        except SourceError as exc:
-            self.metrics.source_up.labels(source=name).set(0)
-            with self._state_lock:
-                first = state.failure is None
-                state.failure, state.result = str(exc), None
-                state.failing_since = state.failing_since or self.clock()
-                state.signature = None
-            if first:
-                event(
-                    log,
-                    logging.WARNING,
-                    f"source {name} failed: {exc}; serving its last known good entries",
-                    source=name,
-                    error=str(exc),
-                )
-            return first
-        with self._state_lock:
-            recovered = state.failure is not None
-            changed = state.result is None or state.result.entries != result.entries
-            state.result, state.failure, state.failing_since = result, None, None
-            state.signature = signature
-        if recovered:
-            event(log, logging.INFO, f"source {name} recovered", source=name)
-        if held:
-            changed = True  # let the reconcile compare it with the held-back list
-        if result.rejected_count:
-            sample = "; ".join(str(r) for r in result.rejected_sample[:3])
-            event(
-                log,
-                logging.WARNING,
-                f"source {name}: {plural(result.rejected_count, 'entry', 'entries')} "
-                f"rejected ({sample})",
-                source=name,
-                rejected=result.rejected_count,
-            )
-        self.metrics.source_up.labels(source=name).set(1)
-        self.metrics.source_last_success.labels(source=name).set(self.clock())
-        if result.rejected_count and changed:
-            self.metrics.source_rejected.labels(source=name).inc(result.rejected_count)
-        log.debug("fetched %s in %.3fs", name, time.perf_counter() - started)
-        return changed or recovered
-
-    def _count_dns(self, source: Source) -> None:
-        """Add a DNS source's last lookups to repogate_dns_queries_total."""
-        outcomes = getattr(source, "last_outcomes", None)
-        if isinstance(outcomes, dict):
-            for result, count in outcomes.items():
-                if count:
-                    self.metrics.dns_queries.labels(result=str(result)).inc(count)
+        return self.sources.fetch(name, force=force, held=name in self.counters.held)
 
     def _read_traffic(self) -> Mapping[str, CounterValue]:
         """The table's named counters, for the scrape (under the backend's own lock)."""
@@ -513,9 +379,8 @@ class Daemon:
         reason = ", ".join(sorted(reasons))
         with self._state_lock:
             config = self.config
-            source_specs = [state.spec for state in self._sources.values()]
-            results = {n: s.result for n, s in self._sources.items() if s.result is not None}
-            failures = {n: s.failure for n, s in self._sources.items() if s.failure is not None}
+        snapshot = self.sources.snapshot()
+        source_specs, results, failures = snapshot.specs, snapshot.results, snapshot.failures
         if self.store.reload_if_changed():
             log.info("state file changed on disk (repogate sync); re-read it")
         resolved = resolve(
@@ -645,8 +510,7 @@ class Daemon:
             setup_logging(config.agent.log_format)
         with self._reconcile_lock, self._state_lock:
             self.config = config
-        self._set_sources(config)
-        self._seed_source_metrics()
+        self.sources.configure(config, self.store)
         self._fetch_all(local_only=True)
         if self._scheduler is not None:
             self._scheduler.reschedule_job(
@@ -716,9 +580,7 @@ class Daemon:
         if link_event.kind == "link-up":
             # Connectivity may be back: retry failing sources now rather than at their
             # next interval, and check the table.
-            with self._state_lock:
-                failing = [n for n, s in self._sources.items() if s.failure is not None]
-            for name in failing:
+            for name in self.sources.failing():
                 self._fetch(name, force=True)
             self.request_reconcile(f"link up {link_event.interface}", verify=True)
 
@@ -727,7 +589,7 @@ class Daemon:
     def status_line(self) -> str:
         with self._state_lock:
             groups = len(self.config.clients)
-            failing = sorted(n for n, s in self._sources.items() if s.failure is not None)
+        failing = self.sources.failing()
         held = sorted(self.counters.held)
         last = self.enforcer.last_applied
         entries = sum(len(e) for e in last.groups.values()) if last is not None else 0

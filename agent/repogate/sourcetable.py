@@ -1,0 +1,202 @@
+"""The daemon's sources: one state per source, fetched on demand, safe across threads.
+
+Refresh jobs fetch here; the reconcile takes a snapshot of the latest results and
+failures. A reload keeps the state of every source whose config did not change
+(a DNS source its per-name cache), so it does not re-fetch the world.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from repogate.config import Config
+from repogate.daemon_events import plural
+from repogate.errors import SourceError
+from repogate.logs import event
+from repogate.metrics import Metrics
+from repogate.sources import LOCAL_KINDS, Source, SourceResult, SourceSpec, specs
+from repogate.state import StateStore
+
+if TYPE_CHECKING:
+    from repogate.sources.dns import Resolves
+
+log = logging.getLogger("repogate")
+
+
+@dataclass
+class SourceState:
+    spec: SourceSpec
+    source: Source
+    result: SourceResult | None = None
+    failure: str | None = None
+    failing_since: float | None = None
+    signature: object | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    specs: list[SourceSpec]
+    results: dict[str, SourceResult]
+    failures: dict[str, str]
+
+
+class SourceTable:
+    def __init__(self, metrics: Metrics, clock: Callable[[], float] = time.time) -> None:
+        self.metrics = metrics
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._states: dict[str, SourceState] = {}
+        self._resolver: Resolves | None = None
+        self._resolver_settings: object | None = None
+
+    def configure(self, config: Config, store: StateStore) -> None:
+        """One state per source of `config`; unchanged sources keep theirs."""
+        found = specs(config)
+        if any(spec.kind in ("dns", "hosts") for spec in found):
+            found = specs(config, self._shared_resolver(config))
+        with self._lock:
+            old, self._states = self._states, {}
+            for spec in found:
+                previous = old.get(spec.key)
+                keep = previous is not None and previous.spec == spec
+                self._states[spec.key] = (
+                    previous if keep and previous else (SourceState(spec, spec.make()))
+                )
+        self._seed_metrics(store)
+
+    def _shared_resolver(self, config: Config) -> Resolves:
+        """One resolver for every DNS source, remade when [resolver] changes."""
+        if self._resolver is None or self._resolver_settings != config.resolver:
+            from repogate.sources import shared_resolver  # noqa: PLC0415
+
+            self._resolver = shared_resolver(config)
+            self._resolver_settings = config.resolver
+        return self._resolver
+
+    def _seed_metrics(self, store: StateStore) -> None:
+        """Last successes from state_dir, so freshness survives a restart in the metrics."""
+        dynamic = [spec for spec in self.specs() if spec.dynamic]
+        self.metrics.known_sources(spec.key for spec in dynamic)
+        for spec in dynamic:
+            record = store.get(spec.key, spec.fingerprint)
+            if record is not None and record.origin != "kernel":
+                self.metrics.source_last_success.labels(source=spec.key).set(record.fetched_at)
+
+    # -- what there is ---------------------------------------------------------------------
+
+    def specs(self) -> list[SourceSpec]:
+        with self._lock:
+            return [state.spec for state in self._states.values()]
+
+    def keys(self, *, local_only: bool = False) -> list[str]:
+        return [s.key for s in self.specs() if not local_only or s.kind in LOCAL_KINDS]
+
+    def unseen_hosts(self, store: StateStore) -> list[str]:
+        """Destination hosts with no record at all: the destination would be ungated."""
+        return [
+            spec.key
+            for spec in self.specs()
+            if spec.kind == "hosts" and store.get(spec.key, spec.fingerprint) is None
+        ]
+
+    def never_fetched(self, key: str) -> bool:
+        with self._lock:
+            state = self._states[key]
+            return state.result is None and state.failure is None
+
+    def failing(self) -> list[str]:
+        with self._lock:
+            return sorted(key for key, state in self._states.items() if state.failure)
+
+    def refresh_in(self, key: str) -> float | None:
+        with self._lock:
+            state = self._states.get(key)
+            return state.result.refresh_in if state and state.result else None
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            states = list(self._states.items())
+        return Snapshot(
+            specs=[state.spec for _, state in states],
+            results={key: state.result for key, state in states if state.result is not None},
+            failures={key: state.failure for key, state in states if state.failure is not None},
+        )
+
+    # -- fetching --------------------------------------------------------------------------
+
+    def fetch(self, key: str, *, force: bool, held: bool = False) -> bool:
+        """Fetch one source; return whether what it contributes may have changed.
+
+        A held-back shrink (`held`) is fetched even if unchanged: the next refresh
+        that agrees with it is what releases it.
+        """
+        with self._lock:
+            state = self._states.get(key)
+        if state is None:
+            return False
+        signature = state.source.signature()
+        unchanged = signature is not None and signature == state.signature
+        if not force and unchanged and state.failure is None and not held:
+            return False
+        started = time.perf_counter()
+        try:
+            try:
+                result = state.source.fetch()
+            finally:
+                elapsed = time.perf_counter() - started
+                self.metrics.source_refresh_duration.labels(source=key).observe(elapsed)
+                self._count_dns(state.source)
+        except SourceError as exc:
+            return self._failed(key, state, exc)
+        with self._lock:
+            recovered = state.failure is not None
+            changed = state.result is None or state.result.entries != result.entries
+            state.result, state.failure, state.failing_since = result, None, None
+            state.signature = signature
+        if recovered:
+            event(log, logging.INFO, f"source {key} recovered", source=key)
+        if result.rejected_count:
+            sample = "; ".join(str(r) for r in result.rejected_sample[:3])
+            event(
+                log,
+                logging.WARNING,
+                f"source {key}: {plural(result.rejected_count, 'entry', 'entries')} "
+                f"rejected ({sample})",
+                source=key,
+                rejected=result.rejected_count,
+            )
+        self.metrics.source_up.labels(source=key).set(1)
+        self.metrics.source_last_success.labels(source=key).set(self.clock())
+        if result.rejected_count and changed:
+            self.metrics.source_rejected.labels(source=key).inc(result.rejected_count)
+        return changed or recovered or held
+
+    def _failed(self, key: str, state: SourceState, exc: SourceError) -> bool:
+        self.metrics.source_up.labels(source=key).set(0)
+        with self._lock:
+            first = state.failure is None
+            state.failure, state.result = str(exc), None
+            state.failing_since = state.failing_since or self.clock()
+            state.signature = None
+        if first:
+            event(
+                log,
+                logging.WARNING,
+                f"source {key} failed: {exc}; serving its last known good entries",
+                source=key,
+                error=str(exc),
+            )
+        return first
+
+    def _count_dns(self, source: Source) -> None:
+        """Add a DNS source's last lookups to repogate_dns_queries_total."""
+        outcomes = getattr(source, "last_outcomes", None)
+        if isinstance(outcomes, dict):
+            for result, count in outcomes.items():
+                if count:
+                    self.metrics.dns_queries.labels(result=str(result)).inc(count)

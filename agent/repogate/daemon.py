@@ -32,15 +32,15 @@ from repogate.errors import ConfigError, RepogateError
 from repogate.lastgood import ShrinkHold, Staleness, resolve
 from repogate.logs import event, setup_logging
 from repogate.metrics import Metrics, MetricsError, MetricsServer
-from repogate.model import CounterValue, DesiredState
-from repogate.netlink import LinkEvent, LinkWatcher, default_route_interfaces, interface_addresses
+from repogate.model import CounterValue
+from repogate.netlink import LinkEvent, LinkWatcher, default_route_interfaces
 from repogate.nft.backend import Backend, NftBackend
 from repogate.nft.builders import build_delete_table
 from repogate.notify import Notifier
 from repogate.plan import desired_state
-from repogate.render import render_boot
 from repogate.sourcetable import SourceTable
-from repogate.state import StateStore, write_atomically
+from repogate.state import StateStore
+from repogate.watch import BootRuleset, EgressWatch
 
 if TYPE_CHECKING:
     pass
@@ -49,7 +49,6 @@ log = logging.getLogger("repogate")
 UTC = datetime.UTC
 PROBE_INTERVAL = 2.0  # seconds between cheap "is the table still there" probes
 BOOT_RULESET = "ruleset.nft"  # in state_dir: the last enforced table, for nftables.conf
-BOOT_RULESET_EVERY = 10.0  # seconds between rewrites of it while changes keep coming
 RECONCILE_DEBOUNCE = 0.2  # seconds a wake waits, so a burst of refreshes coalesces
 STUCK_AFTER = 120.0  # a reconcile running longer stops the watchdog pings
 LOG_SAMPLE = 50  # entries listed per change in a log line (the count is always exact)
@@ -90,14 +89,14 @@ class Daemon:
         self.counters = Counters()
         self._metrics_server: MetricsServer | None = None
         self.egress: list[tuple[str, str]] = []
+        self._egress = EgressWatch(self.metrics)
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._state_lock = threading.Lock()  # config and source states
         self._reconcile_lock = threading.Lock()  # one transaction at a time
         self._pending: set[str] = set()
         self._verify_pending = False
         self._next_verify = 0.0  # time.monotonic() of the next full re-read
-        self._ruleset_written = 0.0
-        self._ruleset_dirty = False
+        self._boot: BootRuleset | None = None
         self._busy_since: float | None = None
         self.sources = SourceTable(self.metrics, clock)
         self._scheduler: Any = None
@@ -202,7 +201,7 @@ class Daemon:
         with self._reconcile_lock:
             self._save_state(force=True)
             if self.config.agent.on_stop == "remove":
-                (self.config.agent.state_dir / BOOT_RULESET).unlink(missing_ok=True)
+                self._boot_ruleset().remove()
                 try:
                     if self.enforcer.backend.read_table(self.config.agent.table) is not None:
                         self.enforcer.backend.apply(build_delete_table(self.config.agent.table))
@@ -217,7 +216,8 @@ class Daemon:
                 except RepogateError as exc:
                     log.error("could not remove the table on stop: %s", exc)
             else:
-                self._write_boot_ruleset(self.enforcer.last_applied, force=self._ruleset_dirty)
+                boot = self._boot_ruleset()
+                boot.write(self.enforcer.last_applied, force=boot.dirty)
                 event(
                     log,
                     logging.INFO,
@@ -443,12 +443,12 @@ class Daemon:
                     self.metrics.set_changes.labels(set=change.name, op="delete").inc(
                         len(change.delete)
                     )
-            self._ruleset_dirty = True
+            self._boot_ruleset().mark()
         self.metrics.known_sets(desired.sets)
         self.metrics.set_sizes({name: len(spec.elements) for name, spec in desired.sets.items()})
         self.metrics.group_sizes({name: len(entries) for name, entries in desired.groups.items()})
         self._save_state()
-        self._write_boot_ruleset(desired)
+        self._boot_ruleset().write(desired)
         self.notifier.status(self.status_line())
         return outcome
 
@@ -462,24 +462,11 @@ class Daemon:
         self.counters.stale = stale
         return expired_now
 
-    def _write_boot_ruleset(self, desired: DesiredState | None, *, force: bool = False) -> None:
-        """Keep state_dir/ruleset.nft equal to the enforced table (see render_boot)."""
-        if desired is None or not (self._ruleset_dirty or force):
-            return
+    def _boot_ruleset(self) -> BootRuleset:
         path = self.config.agent.state_dir / BOOT_RULESET
-        if (
-            not force
-            and path.exists()
-            and time.monotonic() - self._ruleset_written < (BOOT_RULESET_EVERY)
-        ):
-            return  # written recently: the next reconcile or the stop writes it
-        try:
-            write_atomically(path, render_boot(desired))
-        except OSError as exc:
-            log.warning("could not write %s: %s", path, exc)
-            return
-        self._ruleset_written = time.monotonic()
-        self._ruleset_dirty = False
+        if self._boot is None or self._boot.path != path:
+            self._boot = BootRuleset(path)
+        return self._boot
 
     def _save_state(self, *, force: bool = False) -> None:
         try:
@@ -540,29 +527,7 @@ class Daemon:
         return list(self.config.agent.egress_interfaces) or default_route_interfaces()
 
     def _update_egress(self, *, log_always: bool) -> None:
-        try:
-            current = [
-                (a.interface, a.address) for a in interface_addresses(self._egress_interfaces())
-            ]
-        except Exception as exc:  # netlink trouble must not stop enforcement
-            log.warning("cannot read egress addresses: %s", exc)
-            return
-        if log_always or current != self.egress:
-            listed = ", ".join(f"{i} {a}" for i, a in current)
-            if not current:
-                listed = (
-                    "none found (no global address on "
-                    + (", ".join(self._egress_interfaces()) or "any default-route interface")
-                    + "; set agent.egress_interfaces to the interfaces traffic leaves by)"
-                )
-            event(
-                log,
-                logging.WARNING if not current or not log_always else logging.INFO,
-                f"egress addresses (Bitbucket's IP allowlist must contain them): {listed}",
-                egress=[{"interface": i, "address": a} for i, a in current],
-            )
-        self.egress = current
-        self.metrics.egress(current)
+        self.egress = self._egress.update(self._egress_interfaces(), log_always=log_always)
 
     def _on_link_event(self, link_event: LinkEvent) -> None:
         watched = set(self._egress_interfaces())

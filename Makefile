@@ -32,7 +32,7 @@ $(STAMP_PIP): $(STAMP_APT) pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# --upgrade: the venv sees Debian's packages; take PyPI's current releases over them.
 	$(PY) -m pip install -q --upgrade -e '.[test]' 'apscheduler>=3.9,<4' 'pyroute2>=0.7' \
-		'dnspython>=2.3' 'prometheus-client>=0.16'
+		'dnspython>=2.3' 'prometheus-client>=0.16' pytest trustme
 	touch $@
 
 deps: $(STAMP_PIP)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -81,23 +81,13 @@ def timed(argv: list[str]) -> float:
 INSTALLED_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
 
 
+def python_in(ns: str, python: str, *args: str) -> list[str]:
+    """argv running `python ARGS` in namespace `ns`, with the working tree's package."""
+    return ["ip", "netns", "exec", ns, "env", f"PYTHONPATH={REPO / 'agent'}", python, *args]
+
+
 def repogate_argv(ns: str, *args: str) -> list[str]:
-    return [
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        "env",
-        f"PYTHONPATH={REPO / 'agent'}",
-        INSTALLED_PYTHON,
-        "-m",
-        "repogate",
-        *args,
-    ]
-
-
-def median_of(run: Callable[[], float], repeats: int = REPEATS) -> float:
-    return statistics.median(run() for _ in range(repeats))
+    return python_in(ns, INSTALLED_PYTHON, "-m", "repogate", *args)
 
 
 def cold_load(work: Path) -> dict[str, float]:
@@ -169,20 +159,9 @@ def change_100(work: Path, size: int) -> dict[str, float]:
     config_b = write_config(work, changed, f"b{size}")
     with namespace() as ns:
         inner = subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "env",
-                f"PYTHONPATH={REPO / 'agent'}",
-                sys.executable,
-                "-c",
-                INNER_CHANGE,
-                str(config_a),
-                str(config_b),
-                str(REPEATS),
-            ],
+            python_in(
+                ns, sys.executable, "-c", INNER_CHANGE, str(config_a), str(config_b), str(REPEATS)
+            ),
             check=True,
             capture_output=True,
             text=True,
@@ -250,19 +229,7 @@ def interval_strategy(size: int, deletes: int) -> dict[str, float]:
     """Element deletes vs flush-and-refill in one transaction, for an interval set."""
     with namespace() as ns:
         out = subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "env",
-                f"PYTHONPATH={REPO / 'agent'}",
-                sys.executable,
-                "-c",
-                INNER_INTERVAL,
-                str(size),
-                str(deletes),
-            ],
+            python_in(ns, sys.executable, "-c", INNER_INTERVAL, str(size), str(deletes)),
             check=True,
             capture_output=True,
             text=True,

@@ -200,10 +200,14 @@ def element_order(element: str) -> tuple[int, bytes, int]:
 
 
 def contains(entry_text: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Whether a normalised entry (address or network) covers `address`."""
-    if "/" in entry_text:
-        return address in ipaddress.ip_network(entry_text)
-    return ipaddress.ip_address(entry_text) == address
+    """Whether an entry (address or network) covers `address`; anything else (a range
+    someone put in a set, a torn audit line) covers nothing."""
+    try:
+        if "/" in entry_text:
+            return address in ipaddress.ip_network(entry_text)
+        return ipaddress.ip_address(entry_text) == address
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from repogate.addresses import element_order
+from repogate.addresses import contains, element_order
 from repogate.model import DesiredState, Plan
+from repogate.state import own_like_parent
 
 log = logging.getLogger("repogate.audit")
 RECENT_FILE = "audit.jsonl"
@@ -139,7 +140,7 @@ class AuditLog:
         found = []
         for line in self._lines():
             entries = [*line.get("added", []), *line.get("removed", [])]
-            if any(_covers(entry, ip) for entry in entries):
+            if any(contains(entry, ip) for entry in entries):
                 found.append(line)
         return found
 
@@ -161,19 +162,10 @@ def _listed(elements: frozenset[str]) -> list[str]:
     return sorted(elements, key=element_order) if len(elements) <= SORT_LIMIT else list(elements)
 
 
-def _covers(entry: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    try:
-        if "/" in entry:
-            return ip in ipaddress.ip_network(entry)
-        return ipaddress.ip_address(entry) == ip
-    except ValueError:
-        return False
-
-
 def _open_append(path: Path) -> IO[str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-    _own_like_parent(path)
+    own_like_parent(path)
     return os.fdopen(fd, "a", encoding="utf-8")
 
 
@@ -190,15 +182,5 @@ def _trim(path: Path) -> None:
     keep = keep[keep.find(b"\n") + 1 :]
     temp = path.with_suffix(".tmp")
     temp.write_bytes(keep)
-    _own_like_parent(temp)
+    own_like_parent(temp)
     os.replace(temp, path)
-
-
-def _own_like_parent(path: Path) -> None:
-    """Files in state_dir belong to its owner: a root `repogate sync` must not leave
-    files the service user cannot write later."""
-    if os.geteuid() != 0:
-        return
-    parent = path.parent.stat()
-    with contextlib.suppress(OSError):
-        os.chown(path, parent.st_uid, parent.st_gid)

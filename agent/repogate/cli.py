@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid config.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import sys
 import time
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from repogate import __version__
+from repogate.addresses import contains
 from repogate.audit import AuditLog
 from repogate.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, config_path, load_config
 from repogate.errors import ConfigError, RepogateError, SourceError
@@ -161,9 +163,7 @@ def _sync(call: Invocation) -> int:
     prepared: list[tuple[list[dict[str, Any]], str]] = []
     warnings: list[str] = []
 
-    def meanwhile(plan: Plan, desired: DesiredState) -> None:
-        lines = audit.prepare(plan, desired, "sync")
-        prepared.append((lines, audit.serialise(lines)))
+    def save_state() -> None:
         try:
             store.save_if_due(time.time())
         except OSError as exc:
@@ -171,6 +171,11 @@ def _sync(call: Invocation) -> int:
                 f"repogate: warning: could not save last known good entries in "
                 f"{config.agent.state_dir}: {exc.strerror or exc}"
             )
+
+    def meanwhile(plan: Plan, desired: DesiredState) -> None:
+        lines = audit.prepare(plan, desired, "sync")
+        prepared.append((lines, audit.serialise(lines)))
+        save_state()
 
     result = sync(
         config,
@@ -182,20 +187,13 @@ def _sync(call: Invocation) -> int:
     )
     if result.applied and prepared:
         audit.write(*prepared[0])
+    elif not args.dry_run:
+        save_state()  # nothing applied: the sources' records may still be due a save
     for warning in warnings:
         print(warning, file=call.err)
     gathered = result.gathered
     for line in describe_sources(config, gathered.collected, gathered.stale, gathered.held):
         print(line, file=out)
-    if not args.dry_run and not result.applied:
-        try:  # nothing to apply: the sources' records may still be due a save
-            store.save_if_due(time.time())
-        except OSError as exc:
-            print(
-                f"repogate: warning: could not save last known good entries in "
-                f"{config.agent.state_dir}: {exc.strerror or exc}",
-                file=call.err,
-            )
     prefix = "would " if args.dry_run and not result.plan.is_empty else ""
     for line in describe(result.plan, config.agent.table):
         print(f"{prefix}{line}", file=out)
@@ -257,17 +255,6 @@ def _status(call: Invocation) -> int:
     return EXIT_OK
 
 
-def _in(address: str, entry: str) -> bool:
-    import ipaddress  # noqa: PLC0415 - explain only
-
-    try:
-        if "/" in entry:
-            return ipaddress.ip_address(address) in ipaddress.ip_network(entry)
-        return ipaddress.ip_address(address) == ipaddress.ip_address(entry)
-    except ValueError:
-        return False
-
-
 def _changes(lines: list[dict[str, Any]]) -> list[str]:
     if not lines:
         return ["  none recorded"]
@@ -289,7 +276,7 @@ def _egress(config: Config) -> tuple[tuple[str, str], ...]:
     try:
         from repogate import netlink  # noqa: PLC0415 - pyroute2 only when needed
 
-        interfaces = list(config.agent.egress_interfaces) or netlink.default_route_interfaces()
+        interfaces = netlink.egress_interfaces(config.agent.egress_interfaces)
         return tuple((a.interface, a.address) for a in netlink.interface_addresses(interfaces))
     except Exception:  # status must work without pyroute2 or netlink access
         return ()
@@ -314,9 +301,10 @@ def _explain(call: Invocation) -> int:
     lines = format_explanation(explanation)
     trail = AuditLog(config.agent.state_dir).trail(explanation.address)
     lines += ["", f"audit trail of {explanation.address}:"]
+    address = ipaddress.ip_address(explanation.address)
     for line in trail[-20:]:
-        covering = [e for e in line.get("added", []) if e not in ("",)]
-        verb = "admitted" if any(_in(explanation.address, e) for e in covering) else "removed"
+        admitted = any(contains(entry, address) for entry in line.get("added", []))
+        verb = "admitted" if admitted else "removed"
         lines.append(
             f"  {line['time']}  {verb} via {line['set']} ({line['owner']}, {line['reason']})"
         )

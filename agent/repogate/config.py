@@ -313,10 +313,7 @@ def _parse_destination(
         for key in ("feed_url", "feed_ca_file", "feed_interval"):
             if key in table:
                 check.problem(f"{path}.{key}", "only applies with a preset")
-    min_refresh = check.duration(table, path, "min_refresh", 30.0, low=1)
-    max_refresh = check.duration(table, path, "max_refresh", 3600.0, low=1)
-    if max_refresh < min_refresh:
-        check.problem(f"{path}.max_refresh", "is shorter than min_refresh")
+    min_refresh, max_refresh = _refresh_bounds(check, table, path)
     return Destination(
         name=name,
         entries=tuple(entries),
@@ -328,6 +325,27 @@ def _parse_destination(
         min_refresh=min_refresh,
         max_refresh=max_refresh,
     )
+
+
+def _group_name(check: Checker, table: dict[str, Any], path: str) -> str | None:
+    name = check.string(table, path, "name", None)
+    if name is not None:
+        check.name(f"{path}.name", name)
+    return name
+
+
+def _optional_duration(check: Checker, table: dict[str, Any], path: str, key: str) -> float | None:
+    """A duration if the key is there, else None (the agent's default applies)."""
+    return check.duration(table, path, key, -1.0) if key in table else None
+
+
+def _refresh_bounds(check: Checker, table: dict[str, Any], path: str) -> tuple[float, float]:
+    """min_refresh and max_refresh, for TTL-driven DNS refreshes."""
+    min_refresh = check.duration(table, path, "min_refresh", 30.0, low=1)
+    max_refresh = check.duration(table, path, "max_refresh", 3600.0, low=1)
+    if max_refresh < min_refresh:
+        check.problem(f"{path}.max_refresh", "is shorter than min_refresh")
+    return min_refresh, max_refresh
 
 
 def _check_url(check: Checker, path: str, url: str, *, allow_insecure: bool) -> bool:
@@ -395,9 +413,7 @@ def _parse_static(
     check: Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
 ) -> StaticClients | None:
     table = check.table(spec, path, {"name", "type", "addresses"}, required={"name", "addresses"})
-    name = check.string(table, path, "name", None)
-    if name is not None:
-        check.name(f"{path}.name", name)
+    name = _group_name(check, table, path)
     entries = check.entries(table, path, "addresses", min_prefix=agent.prefix_limits, required=True)
     if name is None:
         return None
@@ -413,9 +429,7 @@ def _parse_file(
         {"name", "type", "path", "format", "json_path", "interval", "max_stale", "max_shrink"},
         required={"name", "path"},
     )
-    name = check.string(table, path, "name", None)
-    if name is not None:
-        check.name(f"{path}.name", name)
+    name = _group_name(check, table, path)
     file_path = check.string(table, path, "path", None)
     list_format = check.string(table, path, "format", "lines")
     if list_format not in ("lines", "json"):
@@ -424,7 +438,7 @@ def _parse_file(
     if json_path is not None and list_format != "json":
         check.problem(f"{path}.json_path", 'only applies with format = "json"')
     interval = check.duration(table, path, "interval", 10.0, low=1)
-    max_stale = check.duration(table, path, "max_stale", -1.0) if "max_stale" in table else None
+    max_stale = _optional_duration(check, table, path, "max_stale")
     if name is None or file_path is None:
         return None
     resolved = Path(file_path)
@@ -462,9 +476,7 @@ def _parse_http(
     check: Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
 ) -> HttpClients | None:
     table = check.table(spec, path, HTTP_KEYS, required={"name", "url"})
-    name = check.string(table, path, "name", None)
-    if name is not None:
-        check.name(f"{path}.name", name)
+    name = _group_name(check, table, path)
     insecure = check.boolean(table, path, "allow_insecure", False)
     url = check.string(table, path, "url", None)
     url_ok = url is not None and _check_url(check, f"{path}.url", url, allow_insecure=insecure)
@@ -491,7 +503,7 @@ def _parse_http(
         format="json" if list_format == "json" else "lines",
         json_path=json_path,
         interval=interval,
-        max_stale=check.duration(table, path, "max_stale", -1.0) if "max_stale" in table else None,
+        max_stale=_optional_duration(check, table, path, "max_stale"),
         max_shrink=check.fraction(table, path, "max_shrink"),
     )
 
@@ -512,16 +524,11 @@ def _parse_dns(
     check: Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
 ) -> DnsClients | None:
     table = check.table(spec, path, DNS_KEYS, required={"name", "names"})
-    name = check.string(table, path, "name", None)
-    if name is not None:
-        check.name(f"{path}.name", name)
+    name = _group_name(check, table, path)
     names = check.hostnames(table, path, "names")
     if "names" in table and not names and not check.problems:
         check.problem(f"{path}.names", "must name at least one host")
-    min_refresh = check.duration(table, path, "min_refresh", 30.0, low=1)
-    max_refresh = check.duration(table, path, "max_refresh", 3600.0, low=1)
-    if max_refresh < min_refresh:
-        check.problem(f"{path}.max_refresh", "is shorter than min_refresh")
+    min_refresh, max_refresh = _refresh_bounds(check, table, path)
     if name is None:
         return None
     return DnsClients(
@@ -530,7 +537,7 @@ def _parse_dns(
         min_refresh=min_refresh,
         max_refresh=max_refresh,
         max_addresses=check.integer(table, path, "max_addresses", 8, low=1, high=1024),
-        max_stale=check.duration(table, path, "max_stale", -1.0) if "max_stale" in table else None,
+        max_stale=_optional_duration(check, table, path, "max_stale"),
         max_shrink=check.fraction(table, path, "max_shrink"),
     )
 

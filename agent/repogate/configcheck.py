@@ -135,7 +135,7 @@ class Checker:
 
     def hostnames(self, table: dict[str, Any], path: str, key: str) -> list[str]:
         """DNS names, lower-cased, without a trailing dot."""
-        names: list[str] = []
+        names: dict[str, None] = {}  # ordered, and a set for the duplicate check
         for index, name in enumerate(self.list_of(table, path, key, str, [])):
             normal = name.strip().rstrip(".").lower()
             if not HOSTNAME_PATTERN.fullmatch(normal) or len(normal) > 253:
@@ -143,8 +143,8 @@ class Checker:
             elif normal in names:
                 self.problem(f"{path}.{key}[{index}]", f"{name!r} is listed twice")
             else:
-                names.append(normal)
-        return names
+                names[normal] = None
+        return list(names)
 
     def integer(
         self, table: dict[str, Any], path: str, key: str, default: int, *, low: int, high: int

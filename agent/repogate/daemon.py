@@ -33,7 +33,7 @@ from repogate.lastgood import ShrinkHold, Staleness, resolve
 from repogate.logs import event, setup_logging
 from repogate.metrics import Metrics, MetricsError, MetricsServer
 from repogate.model import CounterValue
-from repogate.netlink import LinkEvent, LinkWatcher, default_route_interfaces
+from repogate.netlink import LinkEvent, LinkWatcher, egress_interfaces
 from repogate.nft.backend import Backend, NftBackend
 from repogate.nft.builders import build_delete_table
 from repogate.notify import Notifier
@@ -88,7 +88,6 @@ class Daemon:
         self.metrics = metrics or Metrics()
         self.counters = Counters()
         self._metrics_server: MetricsServer | None = None
-        self.egress: list[tuple[str, str]] = []
         self._egress = EgressWatch(self.metrics)
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._state_lock = threading.Lock()  # config and source states
@@ -510,7 +509,7 @@ class Daemon:
         self.counters.reloads_ok += 1
         self.metrics.config_reloads.labels(result="ok").inc()
         self.metrics.reload_ok.set(1)
-        if config.metrics != self._metrics_settings_at_start():
+        if config.metrics != self._metrics_started_with:
             log.warning("[metrics] changed: restart the service to apply it")
         self.audit.path = config.audit.path
         unchanged = " (no change to enforcement)" if outcome and not outcome.applied else ""
@@ -518,16 +517,13 @@ class Daemon:
         self._update_egress(log_always=False)
         self.notifier.ready(self.status_line())
 
-    def _metrics_settings_at_start(self) -> object:
-        return self._metrics_started_with
-
     # -- links and egress addresses -----------------------------------------------
 
     def _egress_interfaces(self) -> list[str]:
-        return list(self.config.agent.egress_interfaces) or default_route_interfaces()
+        return egress_interfaces(self.config.agent.egress_interfaces)
 
     def _update_egress(self, *, log_always: bool) -> None:
-        self.egress = self._egress.update(self._egress_interfaces(), log_always=log_always)
+        self._egress.update(self._egress_interfaces(), log_always=log_always)
 
     def _on_link_event(self, link_event: LinkEvent) -> None:
         watched = set(self._egress_interfaces())

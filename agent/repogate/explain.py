@@ -96,18 +96,11 @@ def _kernel_matches(
         if not name.startswith("client_"):
             continue
         if kernel_set.interval:
-            hits = [e for e in kernel_set.elements if "-" not in e and _covers(e, ip)]
+            hits = [e for e in kernel_set.elements if contains(e, ip)]
         else:
             hits = [text] if text in kernel_set.elements else []
         matches += [(name, hit) for hit in sorted(hits)]
     return matches
-
-
-def _covers(element: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    try:
-        return contains(element, ip)
-    except (ValueError, TypeError):
-        return False
 
 
 def _listed_as(

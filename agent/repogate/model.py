@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -53,7 +54,7 @@ class DesiredState:
     rules: tuple[RuleSpec, ...]
     groups: Mapping[str, NormalisedEntries] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def rules_digest(self) -> str:
         """Fingerprint of chains and rules, stamped into rule comments to detect changes."""
         shape = {

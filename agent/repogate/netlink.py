@@ -53,6 +53,11 @@ def default_route_interfaces() -> list[str]:
     return sorted(found)
 
 
+def egress_interfaces(configured: Iterable[str]) -> list[str]:
+    """The interfaces configured (agent.egress_interfaces), or those with a default route."""
+    return list(configured) or default_route_interfaces()
+
+
 def interface_addresses(interfaces: Iterable[str]) -> list[InterfaceAddress]:
     """Global-scope addresses of the named interfaces."""
     wanted = set(interfaces)

@@ -7,6 +7,7 @@ file is ignored with a warning: the daemon then falls back to what the kernel ho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -199,9 +200,7 @@ def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
             temp.flush()
             os.fchmod(temp.fileno(), mode)
             os.fsync(temp.fileno())
-        if os.geteuid() == 0:  # keep state_dir's files its owner's (the service user's)
-            parent = path.parent.stat()
-            os.chown(temp_name, parent.st_uid, parent.st_gid)
+        own_like_parent(Path(temp_name))
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
@@ -211,3 +210,13 @@ def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def own_like_parent(path: Path) -> None:
+    """Files in state_dir belong to its owner: a root `repogate sync` must not leave
+    files the service user cannot write later."""
+    if os.geteuid() != 0:
+        return
+    parent = path.parent.stat()
+    with contextlib.suppress(OSError):
+        os.chown(path, parent.st_uid, parent.st_gid)

@@ -341,6 +341,15 @@ def check_enforcing(
     return format_results(problems).splitlines()
 
 
+def scrape_metrics(lab: Lab) -> str:
+    """The daemon's /metrics, fetched inside the gateway (it listens on its loopback)."""
+    script = (
+        "import urllib.request;"
+        "print(urllib.request.urlopen('http://127.0.0.1:10419/metrics', timeout=5).read().decode())"
+    )
+    return lab.exec("gw", [lab.python, "-c", script]).stdout
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> float | None:
     """Poll `predicate`; return the seconds it took to hold, or None if it never did."""
     started = time.monotonic()

@@ -20,6 +20,7 @@ from tests.e2e.test_daemon import (
     StartDaemon,
     check_enforcing,
     configure,
+    scrape_metrics,
     wait_until,
 )
 
@@ -94,14 +95,6 @@ def https_server(daemon_lab: Lab) -> Iterator[Path]:
         process.wait(timeout=5)
 
 
-def metrics(lab: Lab) -> str:
-    script = (
-        "import urllib.request;"
-        "print(urllib.request.urlopen('http://127.0.0.1:10419/metrics', timeout=5).read().decode())"
-    )
-    return lab.exec("gw", [lab.python, "-c", script]).stdout
-
-
 def test_an_https_list_is_followed_and_survives_its_server_failing(
     daemon_lab: Lab, https_server: Path, start_daemon: StartDaemon
 ) -> None:
@@ -142,7 +135,7 @@ def test_an_https_list_is_followed_and_survives_its_server_failing(
 
     (root / "status").write_text("500")  # the MDM breaks
     stale = wait_until(
-        lambda: 'repogate_source_stale{source="laptops"} 1.0' in metrics(lab), timeout=8
+        lambda: 'repogate_source_stale{source="laptops"} 1.0' in scrape_metrics(lab), timeout=8
     )
     assert stale is not None, daemon.context()
     assert "HTTP 500" in daemon.log()

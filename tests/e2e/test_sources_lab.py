@@ -24,6 +24,7 @@ from tests.e2e.test_daemon import (
     StartDaemon,
     check_enforcing,
     configure,
+    scrape_metrics,
     wait_until,
 )
 
@@ -75,17 +76,6 @@ def dynamic_config(lab: Lab) -> None:
     configure(lab, overrides)
 
 
-def metrics(lab: Lab) -> str:
-    """The daemon's /metrics, fetched inside the gateway (it listens on its loopback)."""
-    script = (
-        "import urllib.request;"
-        "print(urllib.request.urlopen('http://127.0.0.1:10419/metrics', timeout=5).read().decode())"
-    )
-    return lab.exec(
-        "gw", [*lab.python_argv("gw")[len(lab.python_argv("gw")) - 1 :], "-c", script]
-    ).stdout
-
-
 def test_a_moving_ddns_name_and_a_dead_dns_server(
     daemon_lab: Lab, dns: DnsServer, start_daemon: StartDaemon
 ) -> None:
@@ -119,7 +109,7 @@ def test_a_moving_ddns_name_and_a_dead_dns_server(
     # The DNS server dies: last known addresses stay allowed, and the source says stale.
     dns.stop()
     stale = wait_until(
-        lambda: 'repogate_source_stale{source="home"} 1.0' in metrics(lab), timeout=TTL + 10
+        lambda: 'repogate_source_stale{source="home"} 1.0' in scrape_metrics(lab), timeout=TTL + 10
     )
     assert stale is not None, daemon.context()
     problems = check_enforcing(
@@ -127,6 +117,6 @@ def test_a_moving_ddns_name_and_a_dead_dns_server(
     )
     assert not problems, "\n".join(problems) + daemon.context()
     assert "source home failed" in daemon.log()
-    scraped = metrics(lab)
+    scraped = scrape_metrics(lab)
     assert 'repogate_source_up{source="home"} 0.0' in scraped
     assert 'repogate_dns_queries_total{result="ok"}' in scraped

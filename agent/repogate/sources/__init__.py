@@ -214,7 +214,8 @@ def collect(config: Config, *, network: bool = True) -> Collected:
     all_specs = [spec for spec in specs(config) if network or spec.kind in LOCAL_KINDS]
     if any(spec.kind in ("dns", "hosts") for spec in all_specs):
         shared = _resolver(config, None)  # one resolver for all names
-        all_specs = [spec for spec in specs(config, shared) if spec.key in _keys(all_specs)]
+        wanted = {spec.key for spec in all_specs}
+        all_specs = [spec for spec in specs(config, shared) if spec.key in wanted]
     results: dict[str, SourceResult] = {}
     failures: dict[str, str] = {}
     for spec in all_specs:
@@ -223,7 +224,3 @@ def collect(config: Config, *, network: bool = True) -> Collected:
         except SourceError as exc:
             failures[spec.key] = str(exc)
     return Collected(results, failures)
-
-
-def _keys(found: list[SourceSpec]) -> set[str]:
-    return {spec.key for spec in found}

@@ -299,10 +299,10 @@ class ResolverWorker:
 def _worker() -> None:
     """The program half: imports repogate here, so the host half needs nothing from it."""
     # Imported here: the lab's host half stays free of repogate and dnspython.
+    from repogate.config.schema import Destination, DnsClients  # noqa: PLC0415
     from repogate.errors import SourceError  # noqa: PLC0415
-    from repogate.resolver import Answer, Resolver  # noqa: PLC0415
-    from repogate.settings import Destination, DnsClients  # noqa: PLC0415
     from repogate.sources.dns import DnsSource, HostsSource  # noqa: PLC0415
+    from repogate.sources.resolver import Answer, Resolver  # noqa: PLC0415
 
     sources: dict[str, DnsSource | HostsSource] = {}
 

@@ -1,5 +1,5 @@
 """`python -m repogate` runs the command-line interface."""
 
-from repogate.cli import main
+from repogate.cli.main import main
 
 raise SystemExit(main())

@@ -18,7 +18,8 @@ from repogate.model import DesiredState, KernelTable, Plan
 from repogate.nft import names
 from repogate.nft.backend import Backend
 from repogate.nft.builders import build_delete_table, build_plan
-from repogate.plan import diff, expected_rule_comments, expected_table
+from repogate.nft.names import expected_rule_comments
+from repogate.plan import diff, expected_table
 from repogate.reconcile import check_owned
 
 log = logging.getLogger(__name__)

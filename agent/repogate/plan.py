@@ -18,6 +18,7 @@ from repogate.model import (
     SetSpec,
 )
 from repogate.nft import names
+from repogate.nft.names import expected_rule_comments
 
 FAMILIES: tuple[Family, ...] = (4, 6)
 
@@ -134,25 +135,6 @@ def destination_elements(
         family: frozenset(entry.text for entry in collapse(family, blocks[family]))
         for family in FAMILIES
     }
-
-
-def rule_comment(rule_comment_text: str, digest: str) -> str:
-    return f"{rule_comment_text} [{digest}]"
-
-
-def jump_comment(digest: str) -> str:
-    return f"repogate [{digest}]"
-
-
-def expected_rule_comments(desired: DesiredState) -> dict[str, tuple[str, ...]]:
-    """The comments each owned chain should carry, in order, for the desired rules."""
-    digest = desired.rules_digest
-    comments: dict[str, tuple[str, ...]] = {
-        names.GATE_CHAIN: tuple(rule_comment(rule.comment, digest) for rule in desired.rules)
-    }
-    for hook in desired.hooks:
-        comments[hook] = (jump_comment(digest),)
-    return comments
 
 
 def expected_table(desired: DesiredState) -> KernelTable:

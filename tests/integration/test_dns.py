@@ -34,7 +34,7 @@ import pytest
 from lab.dns import Cname, DnsServer, HostRecord, ResolverWorker, numbered_hosts
 from lab.netns import add_netns, delete_netns
 from repogate.errors import SourceError
-from repogate.resolver import Resolver
+from repogate.sources.resolver import Resolver
 
 # --- a scripted server on loopback -------------------------------------------------------
 

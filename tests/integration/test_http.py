@@ -18,8 +18,8 @@ import pytest
 
 from lab.https import HttpsLab, Route, https_lab
 from repogate import __version__
+from repogate.config.schema import FeedConfig, HttpClients, HttpOptions
 from repogate.errors import SourceError
-from repogate.settings import FeedConfig, HttpClients, HttpOptions
 from repogate.sources.feed import FeedSource
 from repogate.sources.http import HttpSource, fetch_url
 from tests.unit.test_feed import (

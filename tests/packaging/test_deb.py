@@ -41,7 +41,7 @@ def test_contents_are_owned_by_root_and_the_config_is_a_conffile(deb: Path, tmp_
         ["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True, check=True
     ).stdout
     assert "./usr/bin/repogate" in listing
-    assert "./usr/lib/python3/dist-packages/repogate/cli.py" in listing
+    assert "./usr/lib/python3/dist-packages/repogate/cli/main.py" in listing
     assert "__pycache__" not in listing
     assert all(" root/root " in line for line in listing.splitlines())
     control = tmp_path / "control"

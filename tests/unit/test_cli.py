@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from repogate.cli import main
+from repogate.cli.main import main
 from repogate.config import load_config
 from repogate.errors import NftError, NftUnavailableError
 from repogate.model import DesiredState, KernelChain, KernelTable

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from repogate.daemon import Daemon
+from repogate.daemon.notify import Notifier
+from repogate.daemon.service import Daemon
 from repogate.errors import NftUnavailableError
-from repogate.notify import Notifier
 
 CONFIG = """\
 [agent]

@@ -14,9 +14,9 @@ import pytest
 
 from repogate.addresses import NormalisedEntries
 from repogate.config import Config, parse_config
+from repogate.daemon.notify import Notifier
 from repogate.lastgood import EMPTY, resolve
 from repogate.logs import event, setup_logging
-from repogate.notify import Notifier
 from repogate.plan import desired_state
 from repogate.sources import SourceResult
 from repogate.state import Record, StateStore

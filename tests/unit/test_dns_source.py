@@ -12,11 +12,11 @@ from collections.abc import Iterable
 
 import pytest
 
+from repogate.config.schema import Destination, DnsClients
 from repogate.errors import SourceError
-from repogate.resolver import Answer, Lookup, Outcome
-from repogate.settings import Destination, DnsClients
 from repogate.sources import SourceResult
 from repogate.sources.dns import DUE_SLACK, DnsSource, HostsSource
+from repogate.sources.resolver import Answer, Lookup, Outcome
 
 HOUR = 3600.0
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from repogate.cli.explain import explain, format_explanation
+from repogate.cli.status import collect_status, format_status
 from repogate.config import Config, parse_config
-from repogate.explain import explain, format_explanation
 from repogate.model import DesiredState, KernelTable
 from repogate.reconcile import gather
-from repogate.status import collect_status, format_status
 
 Desired = Callable[..., DesiredState]
 KernelFrom = Callable[..., KernelTable]

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from repogate.addresses import NormalisedEntries
+from repogate.config.schema import FeedConfig, HttpOptions
 from repogate.errors import SourceError
-from repogate.settings import FeedConfig, HttpOptions
 from repogate.sources.feed import FeedSource, parse_feed
 from repogate.sources.http import HttpResponse
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from repogate.metrics import Metrics, MetricsError, MetricsServer
-from repogate.settings import MetricsConfig
+from repogate.config.schema import MetricsConfig
+from repogate.daemon.metrics import Metrics, MetricsError, MetricsServer
 
 
 @pytest.fixture

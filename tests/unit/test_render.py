@@ -7,7 +7,7 @@ from typing import Any
 
 from repogate.config import Config, parse_config
 from repogate.model import DesiredState
-from repogate.render import render
+from repogate.nft.render import render
 
 Desired = Callable[..., DesiredState]
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from repogate.addresses import Entry, InvalidEntryError, normalise, parse_entry, parse_many
-from repogate.cli import main
+from repogate.cli.main import main
 from repogate.config import Config, FileClients, load_config, parse_config
 from repogate.errors import ConfigError, SourceError
 from repogate.reconcile import describe_sources, gather, sync

@@ -13,7 +13,7 @@ from typing import Any
 
 from repogate.model import DesiredState, Plan, RuleSpec, SetChange, SetSpec
 from repogate.nft import names
-from repogate.plan import jump_comment, rule_comment
+from repogate.nft.names import jump_comment, rule_comment
 
 Json = dict[str, Any]
 FAMILY = "inet"

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Literal
 
 from repogate.addresses import Family
+from repogate.model import DesiredState
 
 SetKind = Literal["addr", "net"]
 Verdict = Literal["allowed", "denied"]
@@ -31,3 +32,24 @@ def destination_set(destination: str, family: Family) -> str:
 
 def counter(destination: str, verdict: Verdict) -> str:
     return f"{verdict}_{destination}"
+
+
+# Rule comments carry the digest of the rules, so a cheap listing of one chain's
+# comments tells whether the rules are still the ones repogate wrote.
+def rule_comment(rule_comment_text: str, digest: str) -> str:
+    return f"{rule_comment_text} [{digest}]"
+
+
+def jump_comment(digest: str) -> str:
+    return f"repogate [{digest}]"
+
+
+def expected_rule_comments(desired: DesiredState) -> dict[str, tuple[str, ...]]:
+    """The comments each owned chain should carry, in order, for the desired rules."""
+    digest = desired.rules_digest
+    comments: dict[str, tuple[str, ...]] = {
+        GATE_CHAIN: tuple(rule_comment(rule.comment, digest) for rule in desired.rules)
+    }
+    for hook in desired.hooks:
+        comments[hook] = (jump_comment(digest),)
+    return comments

@@ -188,7 +188,7 @@ def _resolver(config: Config, shared: Resolves | None) -> Resolves:
 
 
 def shared_resolver(config: Config) -> Resolves:
-    from repogate.resolver import Resolver  # noqa: PLC0415
+    from repogate.sources.resolver import Resolver  # noqa: PLC0415
 
     settings = config.resolver
     return Resolver(settings.nameservers, port=settings.port, timeout=settings.timeout)

@@ -37,17 +37,17 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from repogate.addresses import NormalisedEntries, Rejected, element_order
+from repogate.config.schema import Destination, DnsClients
 from repogate.errors import SourceError
-from repogate.resolver import DEFINITE, RECORD_TYPES, TRANSPORT_FAILURES, Answer, Lookup
-from repogate.settings import Destination, DnsClients
 from repogate.sources import SourceResult
+from repogate.sources.resolver import DEFINITE, RECORD_TYPES, TRANSPORT_FAILURES, Answer, Lookup
 
 DUE_SLACK = 1.0  # seconds: names due this soon are resolved with the ones due now
 REJECTED_SAMPLE = 10
 
 
 class Resolves(Protocol):
-    """What the sources need of a resolver (repogate.resolver.Resolver, or a test fake)."""
+    """What the sources need of a resolver (repogate.sources.resolver.Resolver, or a test fake)."""
 
     def resolve_many(self, names: Iterable[str]) -> Mapping[str, Answer]: ...
 

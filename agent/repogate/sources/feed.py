@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 from repogate.addresses import ParsedList, Rejected, parse_many
 from repogate.config import DESTINATION_PREFIX_LIMITS
+from repogate.config.schema import FeedConfig
 from repogate.errors import SourceError
-from repogate.settings import FeedConfig
 from repogate.sources import SourceResult
 from repogate.sources.http import (
     ConditionalFetch,

@@ -37,8 +37,8 @@ from typing import Generic, Protocol, TypeVar
 
 from repogate import __version__
 from repogate.addresses import parse_many
+from repogate.config.schema import HttpClients, HttpOptions
 from repogate.errors import SourceError
-from repogate.settings import HttpClients, HttpOptions
 from repogate.sources import SourceResult
 from repogate.sources.formats import parse_json, parse_lines
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from repogate.config import Config
-from repogate.daemon_events import plural
+from repogate.daemon.events import plural
+from repogate.daemon.metrics import Metrics
 from repogate.errors import SourceError
 from repogate.logs import event
-from repogate.metrics import Metrics
 from repogate.sources import LOCAL_KINDS, Source, SourceResult, SourceSpec, specs
 from repogate.state import StateStore
 

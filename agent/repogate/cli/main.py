@@ -228,7 +228,7 @@ def _sync(call: Invocation) -> int:
 
 def _render(call: Invocation) -> int:
     config, out = call.config, call.out
-    from repogate.render import render  # noqa: PLC0415 - see above
+    from repogate.nft.render import render  # noqa: PLC0415 - see above
 
     store = StateStore(config.agent.state_dir)
     store.load()
@@ -238,7 +238,7 @@ def _render(call: Invocation) -> int:
 
 def _status(call: Invocation) -> int:
     args, config, out = call.args, call.config, call.out
-    from repogate.status import collect_status, format_status  # noqa: PLC0415
+    from repogate.cli.status import collect_status, format_status  # noqa: PLC0415
 
     current = call.backend().read_table(config.agent.table)
     store = StateStore(config.agent.state_dir)
@@ -274,7 +274,7 @@ def _changes(lines: list[dict[str, Any]]) -> list[str]:
 def _egress(config: Config) -> tuple[tuple[str, str], ...]:
     """The host's egress addresses, or none if netlink cannot be read here."""
     try:
-        from repogate import netlink  # noqa: PLC0415 - pyroute2 only when needed
+        from repogate.daemon import netlink  # noqa: PLC0415 - pyroute2 only when needed
 
         interfaces = netlink.egress_interfaces(config.agent.egress_interfaces)
         return tuple((a.interface, a.address) for a in netlink.interface_addresses(interfaces))
@@ -284,7 +284,7 @@ def _egress(config: Config) -> tuple[tuple[str, str], ...]:
 
 def _explain(call: Invocation) -> int:
     args, config, out = call.args, call.config, call.out
-    from repogate.explain import explain, format_explanation  # noqa: PLC0415
+    from repogate.cli.explain import explain, format_explanation  # noqa: PLC0415
 
     try:
         current = call.backend().read_table(config.agent.table)
@@ -331,7 +331,7 @@ def _teardown(call: Invocation) -> int:
 
 
 def _run(call: Invocation) -> int:
-    from repogate.daemon import Daemon  # noqa: PLC0415 - APScheduler is the daemon's alone
+    from repogate.daemon.service import Daemon  # noqa: PLC0415 - APScheduler is the daemon's alone
 
     path = call.config.path or config_path(getattr(call.args, "config", None))
     return Daemon(path, backend_factory=call.backend).run()

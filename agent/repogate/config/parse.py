@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from repogate.addresses import canonical_address
-from repogate.configcheck import Checker, did_you_mean
-from repogate.errors import ConfigError, ConfigProblem
-from repogate.presets import PRESETS
-from repogate.settings import (
+from repogate.config.checks import Checker, did_you_mean
+from repogate.config.presets import PRESETS
+from repogate.config.schema import (
     DEFAULT_METRICS_PORT,
     AgentConfig,
     AuditConfig,
@@ -29,7 +28,6 @@ from repogate.settings import (
     DnsClients,
     FeedConfig,
     FileClients,
-    Grant,
     Hook,
     HttpClients,
     HttpOptions,
@@ -38,28 +36,7 @@ from repogate.settings import (
     Rule,
     StaticClients,
 )
-
-# The dataclasses live in repogate.settings; importing them from here still works.
-__all__ = [
-    "AgentConfig",
-    "ClientGroup",
-    "Config",
-    "Destination",
-    "DnsClients",
-    "FeedConfig",
-    "FileClients",
-    "Grant",
-    "Hook",
-    "HttpClients",
-    "HttpOptions",
-    "MetricsConfig",
-    "ResolverConfig",
-    "Rule",
-    "StaticClients",
-    "config_path",
-    "load_config",
-    "parse_config",
-]
+from repogate.errors import ConfigError, ConfigProblem
 
 DEFAULT_CONFIG_PATH = Path("/etc/repogate/repogate.toml")
 CONFIG_ENV = "REPOGATE_CONFIG"

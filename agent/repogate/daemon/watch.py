@@ -9,11 +9,11 @@ import logging
 import time
 from pathlib import Path
 
+from repogate.daemon.metrics import Metrics
+from repogate.daemon.netlink import interface_addresses
 from repogate.logs import event
-from repogate.metrics import Metrics
 from repogate.model import DesiredState
-from repogate.netlink import interface_addresses
-from repogate.render import render_boot
+from repogate.nft.render import render_boot
 from repogate.state import write_atomically
 
 log = logging.getLogger("repogate")

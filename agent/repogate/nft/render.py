@@ -6,7 +6,7 @@ from repogate.addresses import element_order
 from repogate.model import DesiredState, RuleSpec, SetSpec
 from repogate.nft import names
 from repogate.nft.builders import FAMILY
-from repogate.plan import jump_comment, rule_comment
+from repogate.nft.names import jump_comment, rule_comment
 
 BOOT_HEADER = """\
 # Written by repogate: the table it last enforced. Include it from /etc/nftables.conf

@@ -26,21 +26,21 @@ from typing import TYPE_CHECKING, Any
 
 from repogate.audit import AuditLog
 from repogate.config import load_config
-from repogate.daemon_events import announce_expiries, announce_holds, log_changes, plural
+from repogate.daemon.events import announce_expiries, announce_holds, log_changes, plural
+from repogate.daemon.metrics import Metrics, MetricsError, MetricsServer
+from repogate.daemon.netlink import LinkEvent, LinkWatcher, egress_interfaces
+from repogate.daemon.notify import Notifier
+from repogate.daemon.sources import SourceTable
+from repogate.daemon.watch import BootRuleset, EgressWatch
 from repogate.enforcer import Enforcer, Outcome
 from repogate.errors import ConfigError, RepogateError
 from repogate.lastgood import ShrinkHold, Staleness, resolve
 from repogate.logs import event, setup_logging
-from repogate.metrics import Metrics, MetricsError, MetricsServer
 from repogate.model import CounterValue
-from repogate.netlink import LinkEvent, LinkWatcher, egress_interfaces
 from repogate.nft.backend import Backend, NftBackend
 from repogate.nft.builders import build_delete_table
-from repogate.notify import Notifier
 from repogate.plan import desired_state
-from repogate.sourcetable import SourceTable
 from repogate.state import StateStore
-from repogate.watch import BootRuleset, EgressWatch
 
 if TYPE_CHECKING:
     pass

@@ -27,9 +27,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from prometheus_client.core import CounterMetricFamily
 
 from repogate import __version__
+from repogate.config.schema import MetricsConfig
 from repogate.errors import RepogateError
 from repogate.model import CounterValue
-from repogate.settings import MetricsConfig
 
 log = logging.getLogger(__name__)
 VERDICTS = ("allowed", "denied")

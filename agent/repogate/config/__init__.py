@@ -1,0 +1,56 @@
+"""The config layer: the schema (frozen dataclasses, the one place defaults live),
+the parser that checks a TOML document and names every problem by its key path,
+and the presets. Everything below it (sources, plan, nft) reads these types only.
+"""
+
+from repogate.config.parse import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG_PATH,
+    DESTINATION_PREFIX_LIMITS,
+    config_path,
+    load_config,
+    parse_config,
+)
+from repogate.config.schema import (
+    AgentConfig,
+    AuditConfig,
+    ClientGroup,
+    Config,
+    Destination,
+    DnsClients,
+    FeedConfig,
+    FileClients,
+    Grant,
+    Hook,
+    HttpClients,
+    HttpOptions,
+    MetricsConfig,
+    ResolverConfig,
+    Rule,
+    StaticClients,
+)
+
+__all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_CONFIG_PATH",
+    "DESTINATION_PREFIX_LIMITS",
+    "AgentConfig",
+    "AuditConfig",
+    "ClientGroup",
+    "Config",
+    "Destination",
+    "DnsClients",
+    "FeedConfig",
+    "FileClients",
+    "Grant",
+    "Hook",
+    "HttpClients",
+    "HttpOptions",
+    "MetricsConfig",
+    "ResolverConfig",
+    "Rule",
+    "StaticClients",
+    "config_path",
+    "load_config",
+    "parse_config",
+]

@@ -1,15 +1,20 @@
 """DNS benchmark: repogate's resolver and a `type = "dns"` group of 10,000 names, against dig.
 
-Run as root: `.venv/bin/python bench/dns_resolution.py`. A fresh network namespace gets dnsmasq
-serving 10,000 names (one A record each; AAAA answers are NODATA), and everything runs
-inside it, so nothing on the host is touched and the namespace is always deleted.
+Run as root: `.venv/bin/python bench/dns_resolution.py` (`--quick`: (a) and (b) only). A
+fresh network namespace gets dnsmasq serving 10,000 names (one A record each; AAAA answers
+are NODATA), and everything runs inside it, so nothing on the host is touched and the
+namespace is always deleted.
 
     (a) Resolver.resolve_many over all 10,000 names (A and AAAA: 20,000 queries),
         median of a few runs, on each Python that has dnspython (venv and Debian's);
-    (b) the baseline: one `dig` process per name (A and AAAA), as a shell loop would do:
+    (b) dnspython's own resolvers over the same names, in the same run: a thread pool over
+        dns.resolver.Resolver (32 and 128 threads), and dns.asyncresolver under
+        asyncio.gather (at most 128 at once, a semaphore); each asks A and AAAA per name,
+        one socket (a random source port) per query, as repogate's resolver does;
+    (c) one `dig` process per name (A and AAAA), as a shell loop would do:
         sequentially over a 500-name subset, and 16 at a time over a 2,000-name subset,
         both extrapolated to 10,000 (running them all would take minutes);
-    (c) the full path: `repogate sync` with one DNS group of those 10,000 names into an
+    (d) the full path: `repogate sync` with one DNS group of those 10,000 names into an
         empty namespace (table created), then again (nothing changes). Target: <= 5 s.
 """
 
@@ -34,6 +39,9 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
 
 from lab.dns import DnsServer, ResolverWorker, numbered_hosts  # noqa: E402
 from lab.netns import add_netns, delete_netns  # noqa: E402
@@ -44,6 +52,8 @@ REPEATS = 3
 DIG_SEQUENTIAL = 500
 DIG_PARALLEL = 2_000
 PARALLEL = 16
+# dnspython baselines: (label, kind, threads or coroutines at once).
+BASELINES = (("threads", 32), ("threads", 128), ("async", 128))
 SYNC_TARGET = 5.0
 DEBIAN_PYTHON = "/usr/bin/python3"
 GROUP = "devices"
@@ -105,6 +115,101 @@ def resolver_rate(netns: str, python: str, names: list[str]) -> tuple[float, int
     return statistics.median(runs), failed
 
 
+def baseline_rate(netns: str, python: str, names_file: Path, kind: str, width: int) -> Baseline:
+    """Median seconds for one of dnspython's own resolvers, run inside the namespace."""
+    argv = ["ip", "netns", "exec", netns, python, str(Path(__file__).resolve())]
+    argv += ["baseline", kind, str(width), str(names_file)]
+    runs = []
+    failed = 0
+    for _ in range(REPEATS):
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, cwd="/")
+        if done.returncode != 0:
+            raise SystemExit(f"baseline {kind} {width} failed:\n{done.stdout}{done.stderr}")
+        reply = json.loads(done.stdout)
+        runs.append(float(reply["seconds"]))
+        failed = int(reply["failed"])
+    return Baseline(kind, width, statistics.median(runs), failed)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    kind: str  # "threads" or "async"
+    width: int  # threads, or coroutines in flight
+    seconds: float
+    failed: int
+
+    @property
+    def label(self) -> str:
+        if self.kind == "threads":
+            return f"dns.resolver.Resolver in a pool of {self.width} threads"
+        return f"dns.asyncresolver, asyncio.gather, {self.width} at once"
+
+
+def dnspython_baseline(kind: str, width: int, names: Sequence[str]) -> dict[str, Any]:
+    """The program half of baseline_rate: resolve A and AAAA of every name with dnspython.
+
+    Names that answer NXDOMAIN or NODATA count as resolved (they are answers); only
+    timeouts and errors count as failed, as in (a).
+    """
+    import dns.asyncresolver
+    import dns.exception
+    import dns.resolver
+
+    def settle(error: Exception | None) -> bool:
+        return error is None or isinstance(error, dns.resolver.NXDOMAIN | dns.resolver.NoAnswer)
+
+    if kind == "threads":
+        from concurrent.futures import ThreadPoolExecutor
+
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = [SERVER]
+        resolver.lifetime = resolver.timeout = 2.0
+
+        def ask(name: str) -> bool:
+            ok = True
+            for rdtype in ("A", "AAAA"):
+                try:
+                    resolver.resolve(name, rdtype, search=False)
+                except dns.exception.DNSException as exc:
+                    ok = ok and settle(exc)
+            return ok
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=width) as pool:
+            answered = list(pool.map(ask, names))
+        return {"seconds": time.perf_counter() - started, "failed": answered.count(False)}
+
+    import asyncio
+
+    async def run_all() -> list[bool]:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = [SERVER]
+        resolver.lifetime = resolver.timeout = 2.0
+        gate = asyncio.Semaphore(width)
+
+        async def ask(name: str, rdtype: str) -> bool:
+            async with gate:
+                try:
+                    await resolver.resolve(name, rdtype, search=False)
+                except dns.exception.DNSException as exc:
+                    return settle(exc)
+                return True
+
+        return await asyncio.gather(*(ask(n, t) for n in names for t in ("A", "AAAA")))
+
+    started = time.perf_counter()
+    answered = asyncio.run(run_all())
+    seconds = time.perf_counter() - started
+    failed = len(
+        {
+            name
+            for name, ok in zip((n for n in names for _ in (0, 1)), answered, strict=True)
+            if not ok
+        }
+    )
+    return {"seconds": seconds, "failed": failed}
+
+
 def dig_rate(netns: str, names: list[str], parallel: int) -> tuple[float, int]:
     with ResolverWorker(netns) as worker:
         reply = worker.call("dig", names=names, server=SERVER, parallel=parallel)
@@ -148,9 +253,15 @@ def client_elements(netns: str) -> int:
     return 0
 
 
-def main() -> int:
+def main(argv: Sequence[str]) -> int:
+    if argv[:1] == ["baseline"]:  # the program half of baseline_rate, inside the namespace
+        kind, width, names_file = argv[1], int(argv[2]), Path(argv[3])
+        names = names_file.read_text().split()
+        print(json.dumps(dnspython_baseline(kind, width, names)))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="(a) and (b) only: no dig, no sync")
+    args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/dns_resolution.py: needs root (network namespaces, nftables)", file=sys.stderr)
         return 2
@@ -170,16 +281,18 @@ def main() -> int:
                     f"# dns bench: {NAMES:,} names (one A each, AAAA NODATA) from dnsmasq in "
                     f"namespace {netns}; {os.cpu_count()} CPUs; median of {REPEATS}"
                 )
-                run(netns, work, names)
+                run(netns, work, names, quick=args.quick)
         finally:
             delete_netns(netns)
     return 0
 
 
-def run(netns: str, work: Path, names: list[str]) -> None:
+def run(netns: str, work: Path, names: list[str], *, quick: bool) -> None:
     pythons = [sys.executable]
     if Path(DEBIAN_PYTHON).exists() and Path(DEBIAN_PYTHON).resolve() != Path(sys.executable):
         pythons.append(DEBIAN_PYTHON)
+    names_file = work / "names.txt"
+    names_file.write_text("\n".join(names) + "\n")
     best = None
     for python in pythons:
         version = python_version(python)
@@ -189,15 +302,25 @@ def run(netns: str, work: Path, names: list[str]) -> None:
         best = seconds if best is None else best
         note = f", {failed} not ok" if failed else ""
         print(
-            f"(a) repogate Resolver.resolve_many, {NAMES:,} names ({2 * NAMES:,} queries): "
-            f"{seconds:.2f} s = {NAMES / seconds:,.0f} names/s [{version}]{note}"
+            f"(a) repogate Resolver.resolve_many, {NAMES:,} names ({2 * NAMES:,} queries, "
+            f"a random source port each): {seconds:.2f} s = {NAMES / seconds:,.0f} names/s "
+            f"[{version}]{note}"
         )
+        for kind, width in BASELINES:
+            base = baseline_rate(netns, python, names_file, kind, width)
+            note = f", {base.failed} not ok" if base.failed else ""
+            print(
+                f"(b) {base.label}: {base.seconds:.2f} s = {NAMES / base.seconds:,.0f} names/s, "
+                f"{base.seconds / seconds:.1f}x repogate's time [{version}]{note}"
+            )
     assert best is not None, "no Python with dnspython"
+    if quick:
+        return
 
     sequential, failed_seq = dig_rate(netns, names[:DIG_SEQUENTIAL], 1)
     sequential_all = sequential * NAMES / DIG_SEQUENTIAL
     print(
-        f"(b) dig, one process per name, sequential: {DIG_SEQUENTIAL} names in "
+        f"(c) dig, one process per name, sequential: {DIG_SEQUENTIAL} names in "
         f"{sequential:.2f} s, extrapolated to {NAMES:,}: {sequential_all:.0f} s = "
         f"{DIG_SEQUENTIAL / sequential:,.0f} names/s; repogate is {sequential_all / best:.0f}x "
         f"faster" + (f" ({failed_seq} dig failures)" if failed_seq else "")
@@ -218,7 +341,7 @@ def run(netns: str, work: Path, names: list[str]) -> None:
     again, output = repogate_sync(netns, config)
     verdict = "ok" if cold <= SYNC_TARGET and loaded == NAMES else "MISSED"
     print(
-        f"(c) repogate sync, a dns group of {NAMES:,} names, empty namespace -> table created "
+        f"(d) repogate sync, a dns group of {NAMES:,} names, empty namespace -> table created "
         f"with {loaded:,} client addresses: {cold:.2f} s (target <= {SYNC_TARGET:.0f} s: "
         f"{verdict}); again, nothing to change: {again:.2f} s"
     )
@@ -227,4 +350,4 @@ def run(netns: str, work: Path, names: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

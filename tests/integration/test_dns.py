@@ -13,6 +13,7 @@ Two kinds of server:
 from __future__ import annotations
 
 import os
+import resource
 import secrets
 import selectors
 import shutil
@@ -76,6 +77,7 @@ class ScriptedServer:
         self.address, self.port = self.udp.getsockname()
         self.tcp = socket.create_server((address, self.port))
         self.asked: list[tuple[str, str, bool]] = []
+        self.ports: list[int] = []  # the source port of each UDP query (0: TCP)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -88,7 +90,7 @@ class ScriptedServer:
                 for key, _mask in selector.select(0.05):
                     if key.fileobj is self.udp:
                         data, peer = self.udp.recvfrom(65535)
-                        for wire in self._answer(data, tcp=False):
+                        for wire in self._answer(data, tcp=False, port=peer[1]):
                             self.udp.sendto(wire, peer)
                     else:
                         self._serve_tcp()
@@ -104,9 +106,10 @@ class ScriptedServer:
             for wire in self._answer(data, tcp=True):
                 conn.sendall(struct.pack("!H", len(wire)) + wire)
 
-    def _answer(self, data: bytes, *, tcp: bool) -> list[bytes]:
+    def _answer(self, data: bytes, *, tcp: bool, port: int = 0) -> list[bytes]:
         query = dns.message.from_wire(data)
         self.asked.append((*question(query), tcp))
+        self.ports.append(port)
         return self.handler(query, tcp)
 
     def close(self) -> None:
@@ -154,7 +157,9 @@ def test_bare_cname_is_followed_to_its_target(scripted: Callable[..., ScriptedSe
     assert ("real.example.net", "A", False) in server.asked
 
 
-def test_cname_loop_is_an_error(scripted: Callable[..., ScriptedServer]) -> None:
+def test_cname_loop_is_a_loop_at_its_name(scripted: Callable[..., ScriptedServer]) -> None:
+    """A loop is a definite failure of the name, and says where it loops."""
+
     def handler(query: dns.message.Message, _tcp: bool) -> list[bytes]:
         return [
             reply(
@@ -166,7 +171,10 @@ def test_cname_loop_is_an_error(scripted: Callable[..., ScriptedServer]) -> None
 
     server = scripted(handler)
     answer = Resolver(["127.0.0.1"], port=server.port, timeout=1).resolve_many(["a.example"])
-    assert answer["a.example"].outcome == "error"
+    assert answer["a.example"].outcome == "loop"
+    assert answer["a.example"].detail == (
+        "CNAME loop at a.example: a.example -> b.example -> a.example"
+    )
 
 
 def test_forged_and_mismatched_answers_are_ignored(
@@ -189,6 +197,37 @@ def test_forged_and_mismatched_answers_are_ignored(
     assert answer["x.example"].addresses == ("192.0.2.1", "2001:db8::1")
 
 
+def test_each_query_has_its_own_random_port(scripted: Callable[..., ScriptedServer]) -> None:
+    """A forger must guess the port as well as the id: no two queries share one."""
+
+    def handler(query: dns.message.Message, _tcp: bool) -> list[bytes]:
+        name, rdtype = question(query)
+        return [reply(query, (f"{name}.", 60, rdtype, _data(rdtype)))]
+
+    server = scripted(handler)
+    names = [f"n{i}.example" for i in range(300)]
+    resolver = Resolver(["127.0.0.1"], port=server.port, timeout=1, concurrency=16)
+    answers = resolver.resolve_many(names)
+    assert {a.outcome for a in answers.values()} == {"ok"}
+    assert len(server.ports) == 600
+    # The kernel picks each at random from ip_local_port_range: repeats are rare, not zero.
+    assert len(set(server.ports)) > 550
+    low, high = min(server.ports), max(server.ports)
+    assert high - low > 10_000, "spread over the range, not counted up from one port"
+
+
+def test_sockets_in_flight_are_bounded_by_the_descriptor_limit() -> None:
+    resolver = Resolver(["127.0.0.1"], concurrency=10_000)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 64 + 40, hard))
+        assert resolver.limit() <= 20
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert resolver.limit() == min(10_000, (soft - len(os.listdir("/proc/self/fd")) - 64) // 2)
+
+
 def _data(rdtype: str, last: int = 1) -> str:
     return f"192.0.2.{last}" if rdtype == "A" else f"2001:db8::{last}"
 
@@ -209,6 +248,15 @@ def test_truncated_answer_is_asked_again_over_tcp(
     answer = Resolver(["127.0.0.1"], port=server.port, timeout=1).resolve_many(["big.example"])
     assert len(answer["big.example"].addresses) == 200
     assert ("big.example", "A", True) in server.asked
+
+
+def test_servfail_detail_names_server_and_question(
+    scripted: Callable[..., ScriptedServer],
+) -> None:
+    server = scripted(lambda query, _tcp: [reply(query, rcode=dns.rcode.SERVFAIL)])
+    answer = Resolver(["127.0.0.1"], port=server.port, timeout=1).resolve_many(["s.example"])
+    assert answer["s.example"].outcome == "servfail"
+    assert answer["s.example"].detail == "SERVFAIL from 127.0.0.1 for s.example A"
 
 
 def test_servfail_is_retried_on_the_next_nameserver(
@@ -243,6 +291,7 @@ def test_silence_ends_in_timeouts_within_the_deadline(
     answers = Resolver(["127.0.0.1"], port=server.port, timeout=0.2).resolve_many(names)
     elapsed = time.monotonic() - started
     assert {a.outcome for a in answers.values()} == {"timeout"}
+    assert "no answer from 127.0.0.1" in answers["n0.example"].detail
     assert elapsed < 1.0, "a silent server is given up after two timeouts, not per batch"
     capped = Resolver(["127.0.0.1"], port=server.port, timeout=30, deadline=0.3)
     started = time.monotonic()
@@ -258,6 +307,7 @@ def test_closed_port_fails_fast() -> None:
     started = time.monotonic()
     answers = Resolver(["127.0.0.1"], port=port, timeout=5).resolve_many(["a.example"])
     assert answers["a.example"].outcome == "error"
+    assert "ICMP port unreachable" in answers["a.example"].detail
     assert time.monotonic() - started < 1.0
 
 

@@ -49,8 +49,8 @@ class FakeResolver:
         }
         self.table[name] = Answer.combine(name, lookups)
 
-    def set(self, name: str, outcome: Outcome, ttl: float = 0.0) -> None:
-        self.table[name] = Answer(name, (), ttl, outcome)
+    def set(self, name: str, outcome: Outcome, ttl: float = 0.0, detail: str = "") -> None:
+        self.table[name] = Answer(name, (), ttl, outcome, detail=detail)
 
     def split(self, name: str, a: Lookup, aaaa: Lookup) -> None:
         self.table[name] = Answer.combine(name, {"A": a, "AAAA": aaaa})
@@ -432,3 +432,86 @@ def test_outage_noticed_once_every_name_has_failed(dns: FakeResolver, clock: Clo
     clock.advance(60)
     with pytest.raises(SourceError):
         source.fetch()
+
+
+# --- what a broken name does, and how it is reported ---
+
+
+def test_loop_in_a_healthy_group_is_rejected_and_dropped(dns: FakeResolver, clock: Clock) -> None:
+    """A loop is a definite failure: the name's old address goes at once, and it is seen."""
+    dns.ok("loop.example", "198.51.100.7")
+    dns.ok("fine.example", "198.51.100.8")
+    source = client_source(dns, clock, "loop.example", "fine.example", max_stale=HOUR)
+    assert source.fetch().rejected_count == 0
+    why = "CNAME loop at loop.example: loop.example -> b.example -> loop.example"
+    dns.set("loop.example", "loop", ttl=30, detail=why)
+    clock.advance(60)
+    result = source.fetch()
+    assert addresses(result) == {"198.51.100.8"}
+    assert source.last_outcomes == {"loop": 1, "ok": 1}
+    assert result.rejected_count == 1
+    assert str(result.rejected_sample[0]) == f"loop.example: {why}"
+    dns.ok("loop.example", "198.51.100.7")  # mended: served again, no longer rejected
+    clock.advance(30)
+    result = source.fetch()
+    assert addresses(result) == {"198.51.100.7", "198.51.100.8"}
+    assert result.rejected_count == 0
+
+
+def test_every_name_looping_is_no_outage(dns: FakeResolver, clock: Clock) -> None:
+    dns.set("a.example", "loop", detail="CNAME loop at a.example: a.example -> a.example")
+    result = client_source(dns, clock, "a.example").fetch()
+    assert addresses(result) == set()
+    assert result.rejected_count == 1
+
+
+def test_nxdomain_is_rejected_with_its_reason(dns: FakeResolver, clock: Clock) -> None:
+    dns.ok("fine.example", "10.0.0.1")
+    dns.set("gone.example", "nxdomain", detail="NXDOMAIN from 10.0.0.53: gone.example ...")
+    result = client_source(dns, clock, "gone.example", "fine.example").fetch()
+    assert [(r.where, r.reason) for r in result.rejected_sample] == [
+        ("gone.example", "NXDOMAIN from 10.0.0.53: gone.example ...")
+    ]
+
+
+def test_failing_name_is_rejected_once_it_serves_nothing(dns: FakeResolver, clock: Clock) -> None:
+    """Within max_stale it is served from cache (not rejected); past it, it is reported."""
+    dns.ok("home.example", "198.51.100.7", ttl=60)
+    dns.ok("other.example", "198.51.100.8", ttl=HOUR)
+    source = client_source(dns, clock, "home.example", "other.example", max_stale=120)
+    source.fetch()
+    dns.set("home.example", "servfail", detail="SERVFAIL from 10.0.0.53 for home.example A")
+    clock.advance(60)
+    assert source.fetch().rejected_count == 0
+    clock.advance(90)
+    result = source.fetch()
+    assert addresses(result) == {"198.51.100.8"}
+    assert [str(r) for r in result.rejected_sample] == [
+        "home.example: SERVFAIL from 10.0.0.53 for home.example A"
+    ]
+
+
+def test_outage_message_says_what_happened(dns: FakeResolver, clock: Clock) -> None:
+    dns.set("a.example", "servfail", detail="SERVFAIL from 10.0.0.53 for a.example A")
+    with pytest.raises(SourceError) as failed:
+        client_source(dns, clock, "a.example").fetch()
+    message = str(failed.value)
+    assert "SERVFAIL from 10.0.0.53 for a.example A" in message
+    assert "reachable" not in message
+    dns.set("a.example", "timeout", detail="timeout: no answer for a.example A from 10.0.0.53")
+    with pytest.raises(SourceError, match=r"no answer for a\.example A.*reachable"):
+        client_source(dns, clock, "a.example").fetch()
+
+
+def test_looping_destination_host_lingers_and_is_rejected(dns: FakeResolver, clock: Clock) -> None:
+    dns.ok("bitbucket.org", "104.192.141.1")
+    dns.ok("altssh.bitbucket.org", "104.192.141.7")
+    source = hosts_source(dns, clock, "bitbucket.org", "altssh.bitbucket.org", linger=300)
+    source.fetch()
+    dns.set("altssh.bitbucket.org", "loop", detail="CNAME loop at altssh.bitbucket.org: ...")
+    clock.advance(60)
+    result = source.fetch()
+    assert "104.192.141.7" in addresses(result)  # lingers, as after NXDOMAIN
+    assert result.rejected_count == 1
+    clock.advance(300)
+    assert addresses(source.fetch()) == {"104.192.141.1"}

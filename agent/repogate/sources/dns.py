@@ -9,20 +9,29 @@ A and AAAA are judged apart: when only AAAA times out, the IPv4 half is still fr
 The two differ in which way is safe when DNS changes or fails:
 
 - Client names (`DnsSource`): an address a name no longer has is removed at once,
-  since the ISP may hand it to a stranger. A name that fails (timeout, SERVFAIL,
-  REFUSED, error) keeps its last known addresses until `max_stale` after its last
-  answer; NXDOMAIN is an answer: the name is gone, and so are its addresses.
+  since the ISP may hand it to a stranger. A transport failure (timeout, SERVFAIL,
+  REFUSED, error) says nothing about the name, so it keeps its last known addresses
+  until `max_stale` after its last answer. A definite failure of the name itself
+  (NXDOMAIN: it is gone; a CNAME loop: its zone is broken, and asking again will not
+  mend it) is an answer: its addresses go at once, as for a moved name.
 - Destination hosts (`HostsSource`): removing an address from a destination stops
   gating traffic to it, for everyone. So an address that left DNS lingers for the
   destination's `linger` (clients may still use a cached answer), and a host that
   fails keeps its addresses for as long as it fails: DNS trouble never opens a gate.
 
+A name that serves no address because it failed (a definite failure, or a transport
+failure past `max_stale`) is reported in the result's `rejected_count` and
+`rejected_sample` with what happened ("CNAME loop at a.example: a.example ->
+b.example -> a.example"), so one broken name in a healthy group is seen, not silent.
+
 If every name asked in a fetch fails at the transport level (timeout, SERVFAIL,
 REFUSED, error) and no other name of the source has a good answer either, the
-resolver is unreachable rather than some names broken: `fetch()` raises SourceError,
-and the caller serves the source's last known good (marked stale). Partial failures
-are not an error, and neither is one broken name that happens to be due alone (its
-neighbours' answers, asked moments ago, show the resolver works).
+resolver is unreachable rather than some names broken: `fetch()` raises SourceError
+saying what happened (timeouts and errors: is the resolver reachable?; SERVFAIL or
+REFUSED: from which server, for which name), and the caller serves the source's last
+known good (marked stale). Partial failures are not an error, and neither is one broken
+name that happens to be due alone (its neighbours' answers, asked moments ago, show the
+resolver works).
 
 Names due within `DUE_SLACK` seconds of each other are resolved in one batch, so a
 group stays a few batches rather than drifting apart into one query per wake-up.
@@ -40,7 +49,13 @@ from repogate.addresses import NormalisedEntries, Rejected, element_order
 from repogate.config.schema import Destination, DnsClients
 from repogate.errors import SourceError
 from repogate.sources import SourceResult
-from repogate.sources.resolver import DEFINITE, RECORD_TYPES, TRANSPORT_FAILURES, Answer, Lookup
+from repogate.sources.dnsanswer import (
+    DEFINITE,
+    RECORD_TYPES,
+    TRANSPORT_FAILURES,
+    Answer,
+    Lookup,
+)
 
 DUE_SLACK = 1.0  # seconds: names due this soon are resolved with the ones due now
 REJECTED_SAMPLE = 10
@@ -60,6 +75,7 @@ class _Name:
     last_ok_at: dict[str, float] = field(default_factory=dict)  # per type: last definite answer
     due_at: float = 0.0
     failing: bool = True  # its last answer was a transport failure (or it was never asked)
+    problem: str = ""  # what went wrong in its last answer, if it was not ok or nodata
 
     def current(self) -> list[str]:
         found = {address for kind in RECORD_TYPES for address in self.addresses.get(kind, ())}
@@ -102,19 +118,35 @@ class _DnsCache:
             return
         answers = self.resolver.resolve_many(due)
         outcomes: Counter[str] = Counter()
+        example = ""
         for name in due:
-            answer = answers.get(name) or Answer(name, (), 0.0, "error")
+            answer = answers.get(name) or Answer(
+                name, (), 0.0, "error", detail=f"no answer for {name}"
+            )
             outcomes[answer.outcome] += 1
             self._apply(self.state[name], answer, now, keep)
+            example = example or self.state[name].problem
         self.last_outcomes = dict(outcomes)
         if all(outcome in TRANSPORT_FAILURES for outcome in outcomes) and all(
             state.failing for state in self.state.values()
         ):
             summary = ", ".join(f"{count} {outcome}" for outcome, count in outcomes.most_common())
+            if set(outcomes) <= {"timeout", "error"}:
+                hint = f"is the resolver reachable? ({self.resolver!r})"
+            else:
+                hint = f"the resolver answers but will not resolve them ({self.resolver!r})"
             raise SourceError(
-                f"no DNS answer for any of {len(due)} names ({summary}); "
-                f"is the resolver reachable? ({self.resolver!r})"
+                f"no DNS answer for any of {len(due)} names ({summary}; e.g. {example}); {hint}"
             )
+
+    def rejected(self) -> tuple[int, list[Rejected]]:
+        """Names serving no address because they failed, with what happened to each."""
+        found = [
+            Rejected(name, name, state.problem)
+            for name, state in self.state.items()
+            if state.problem and not state.current()
+        ]
+        return len(found), found[:REJECTED_SAMPLE]
 
     def _apply(
         self,
@@ -124,6 +156,7 @@ class _DnsCache:
         keep: Callable[[_Name, str, Lookup, float], bool],
     ) -> None:
         state.failing = answer.outcome in TRANSPORT_FAILURES
+        state.problem = "" if answer.outcome in ("ok", "nodata") else answer.reason()
         complete = True
         for kind in RECORD_TYPES:
             lookup = answer.lookup(kind)
@@ -166,7 +199,7 @@ class DnsSource:
 
     @property
     def last_outcomes(self) -> dict[str, int]:
-        """Names per outcome (ok, nodata, nxdomain, timeout, ...) in the last fetch."""
+        """Names per outcome (ok, nodata, nxdomain, loop, timeout, ...) in the last fetch."""
         return self._cache.last_outcomes
 
     def signature(self) -> object | None:
@@ -178,8 +211,7 @@ class DnsSource:
         cap = self.group.max_addresses
         v4: set[str] = set()
         v6: set[str] = set()
-        rejected: list[Rejected] = []
-        rejected_count = 0
+        rejected_count, rejected = self._cache.rejected()
         for name in self._cache.names:
             addresses = self._cache.state[name].current()
             for address in addresses[:cap]:
@@ -253,12 +285,15 @@ class HostsSource:
             frozenset(),
             frozenset(),
         )
+        rejected_count, rejected = self._cache.rejected()
         origin = f"{len(self._cache.names)} hosts"
         if self._lingering:
             origin += f", {len(self._lingering)} addresses lingering"
         return SourceResult(
             entries=entries,
             accepted=len(entries),
+            rejected_count=rejected_count,
+            rejected_sample=tuple(rejected),
             origin=origin,
             refresh_in=self._cache.refresh_in(now, *self._lingering.values()),
         )

@@ -2,8 +2,11 @@
 
 Under systemd (JOURNAL_STREAM set) lines carry no timestamp of their own, since
 journald adds one, and start with a `<N>` priority prefix that journald files
-them under. With `log_format = "json"` each line is one JSON object with
-the event's fields, for log shippers.
+them under. journald reads a stream line by line, so every line of a multi-line
+message carries the prefix: without it the lines after the first (the key paths
+of an invalid config) would be filed at the stream's default, info. With
+`log_format = "json"` each line is one JSON object with the event's fields, for
+log shippers.
 """
 
 from __future__ import annotations
@@ -27,6 +30,23 @@ def event(logger: logging.Logger, level: int, message: str, **fields: Any) -> No
 # sd-daemon(3) priority prefixes: journald strips them and files the line at that
 # level, so `journalctl -u repogate -p warning` shows only what needs attention.
 JOURNAL_PRIORITY = {"CRITICAL": 2, "ERROR": 3, "WARNING": 4, "INFO": 6, "DEBUG": 7}
+# Loggers of libraries that speak at WARNING about what is no problem for repogate.
+QUIETED = {
+    # Every job run at INFO, and "skipped: maximum number of running instances" at
+    # WARNING, which a coalesced reconcile hits by design.
+    "apscheduler": logging.ERROR,
+    # "tcmsg: ... /proc/net/psched" at import: ProcSubset=pid hides it, and repogate
+    # never touches tc.
+    "pyroute2": logging.ERROR,
+}
+
+
+def journal_priority(level: int) -> int:
+    """The syslog priority of a logging level; a level between two named ones rounds down."""
+    for floor in (logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO):
+        if level >= floor:
+            return JOURNAL_PRIORITY[logging.getLevelName(floor)]
+    return JOURNAL_PRIORITY["DEBUG"]
 
 
 class TextFormatter(logging.Formatter):
@@ -39,7 +59,8 @@ class TextFormatter(logging.Formatter):
         if record.exc_info:
             line += " | " + self.formatException(record.exc_info).replace("\n", " | ")
         if self.journal:
-            return f"<{JOURNAL_PRIORITY.get(record.levelname, 6)}>{line}"
+            prefix = f"<{journal_priority(record.levelno)}>"
+            return "\n".join(prefix + part for part in line.splitlines() or [""])
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
         return f"{stamp} {line}"
 
@@ -73,6 +94,5 @@ def setup_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    # APScheduler logs every job run at INFO and "skipped: maximum number of running
-    # instances" at WARNING, which a coalesced reconcile hits by design.
-    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    for name, level in QUIETED.items():
+        logging.getLogger(name).setLevel(level)

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 
 import pytest
@@ -33,6 +34,23 @@ def _skip_reason() -> str | None:
     return None
 
 
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here runs in the lab: mark it root, and skip it up front without root.
+
+    A hook rather than `pytestmark`, which pytest ignores in a conftest; it sees every
+    collected item, so it keeps to this directory, and probes the host only if needed.
+    """
+    mine = [item for item in items if item.path.is_relative_to(HERE)]
+    reason = _skip_reason() if mine else None
+    for item in mine:
+        item.add_marker(pytest.mark.root)
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 def _sigterm_as_interrupt(_signum: int, _frame: FrameType | None) -> None:
     # pytest tears fixtures down on KeyboardInterrupt but simply dies on SIGTERM.
     raise KeyboardInterrupt
@@ -41,7 +59,7 @@ def _sigterm_as_interrupt(_signum: int, _frame: FrameType | None) -> None:
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
     """A running lab for the whole session; fails the session if cleanup leaks anything."""
-    reason = _skip_reason()
+    reason = _skip_reason()  # again, for a test outside this directory asking for the lab
     if reason is not None:
         pytest.skip(reason)
     before = set(netns.lab_netns())

@@ -16,12 +16,43 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
 
+
+def _skip_reason(tools: tuple[str, ...]) -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces (run `make test` as root)"
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        return f"needs {' and '.join(missing)} (Debian packages iproute2, nftables)"
+    return None
+
+
+# For a test module's own `pytestmark` (read there, unlike here): root, ip and nft.
 needs_root = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nft") is None,
-    reason="needs root, iproute2 and nft to create network namespaces (run `make test` as root)",
+    _skip_reason(("ip", "nft")) is not None, reason=_skip_reason(("ip", "nft")) or ""
 )
-pytestmark = [pytest.mark.root, needs_root]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark and, without root, skip the tests here that need a network namespace.
+
+    Here rather than with `pytestmark`, which pytest reads from test modules only (in a
+    conftest it does nothing, so a run as another user errored in `ip netns add`). A
+    conftest's hook sees every collected item, so it keeps to its own directory; tests
+    without a namespace (HTTPS and DNS servers on loopback) run as any user.
+    """
+    for item in items:
+        if not item.path.is_relative_to(HERE):
+            continue
+        uses_netns = isinstance(item, pytest.Function) and "netns" in item.fixturenames
+        if uses_netns:
+            item.add_marker(pytest.mark.root)
+        elif item.get_closest_marker("root") is None:
+            continue
+        reason = _skip_reason(("ip", "nft") if uses_netns else ())
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @dataclass

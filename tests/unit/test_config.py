@@ -660,3 +660,51 @@ def test_group_lookup(base_config: Config) -> None:
     assert base_config.group("vpn").name == "vpn"
     with pytest.raises(StopIteration):
         base_config.group("nobody")
+
+
+# --- [metrics] ---
+
+
+@pytest.mark.parametrize(
+    ("listen", "host", "port"),
+    [
+        (None, "127.0.0.1", 10419),  # the default
+        ("", None, 10419),  # documented as off
+        ("192.0.2.10:9100", "192.0.2.10", 9100),
+        ("[::1]:0", "::1", 0),
+    ],
+)
+def test_metrics_listen(
+    config_dict: dict[str, Any], listen: str | None, host: str | None, port: int
+) -> None:
+    if listen is not None:
+        config_dict["metrics"] = {"listen": listen}
+    metrics = parse_config(config_dict).metrics
+    assert (metrics.host, metrics.port) == (host, port)
+
+
+def test_metrics_off_from_toml(write_config: Callable[[str], Path], base_toml: str) -> None:
+    config = load_config(write_config(base_toml + '\n[metrics]\nlisten = ""\n'))
+    assert config.metrics.host is None
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("localhost:10419", "metrics.listen: 'localhost:10419' is not ADDRESS:PORT"),
+        ("127.0.0.1:70000", "metrics.listen: port 70000 is outside 0-65535"),
+        (" ", "metrics.listen: ' ' is not ADDRESS:PORT"),
+        (10419, "metrics.listen: must be a string, not an integer"),
+    ],
+)
+def test_metrics_listen_errors(config_dict: dict[str, Any], listen: object, expected: str) -> None:
+    config_dict["metrics"] = {"listen": listen}
+    (problem,) = problems(config_dict)
+    assert problem.startswith(expected)
+
+
+def test_metrics_paths_are_relative_to_the_config(config_dict: dict[str, Any]) -> None:
+    config_dict["metrics"] = {"tls_cert_file": "tls/cert.pem", "tls_key_file": "/etc/key.pem"}
+    metrics = parse_config(config_dict, Path("/etc/repogate/repogate.toml")).metrics
+    assert metrics.tls_cert_file == Path("/etc/repogate/tls/cert.pem")
+    assert metrics.tls_key_file == Path("/etc/key.pem")

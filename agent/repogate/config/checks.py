@@ -7,8 +7,10 @@ reported with the path an admin can find in the file.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from repogate.addresses import Entry, InvalidEntryError, parse_entry
@@ -78,6 +80,14 @@ class Checker:
             self.problem(f"{path}.{key}", "must not be empty")
             return default
         return value
+
+    def file(self, table: dict[str, Any], path: str, key: str, base: Path | None) -> Path | None:
+        """A path; a relative one is relative to the config file's directory (`base`)."""
+        value = self.string(table, path, key, None)
+        if value is None:
+            return None
+        resolved = Path(value)
+        return base / resolved if not resolved.is_absolute() and base is not None else resolved
 
     def duration(
         self, table: dict[str, Any], path: str, key: str, default: float, *, low: float = 0.0
@@ -234,6 +244,44 @@ class Checker:
             hidden = reported - MAX_PROBLEMS_PER_LIST
             self.problem(f"{path}.{key}", f"and {hidden} more invalid entries")
         return entries
+
+
+# --- helpers the parsers share ---
+
+
+def group_name(check: Checker, table: dict[str, Any], path: str) -> str | None:
+    name = check.string(table, path, "name", None)
+    if name is not None:
+        check.name(f"{path}.name", name)
+    return name
+
+
+def optional_duration(check: Checker, table: dict[str, Any], path: str, key: str) -> float | None:
+    """A duration if the key is there, else None (the agent's default applies)."""
+    return check.duration(table, path, key, -1.0) if key in table else None
+
+
+def refresh_bounds(check: Checker, table: dict[str, Any], path: str) -> tuple[float, float]:
+    """min_refresh and max_refresh, for TTL-driven DNS refreshes."""
+    min_refresh = check.duration(table, path, "min_refresh", 30.0, low=1)
+    max_refresh = check.duration(table, path, "max_refresh", 3600.0, low=1)
+    if max_refresh < min_refresh:
+        check.problem(f"{path}.max_refresh", "is shorter than min_refresh")
+    return min_refresh, max_refresh
+
+
+def check_url(check: Checker, path: str, url: str, *, allow_insecure: bool) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        check.problem(path, f"{url!r} is not an http(s) URL")
+        return False
+    if parts.scheme == "http" and not allow_insecure:
+        check.problem(path, f"{url!r} is not HTTPS (set allow_insecure = true to allow it)")
+        return False
+    if parts.username or parts.password:
+        check.problem(path, "must not carry credentials: use token_file")
+        return False
+    return True
 
 
 def type_name(value: object) -> str:

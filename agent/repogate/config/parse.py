@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from repogate.addresses import canonical_address
 from repogate.config.checks import Checker, did_you_mean
-from repogate.config.presets import PRESETS
+from repogate.config.clients import parse_clients
+from repogate.config.destinations import parse_destinations
 from repogate.config.schema import (
     DEFAULT_METRICS_PORT,
     AgentConfig,
@@ -25,25 +25,16 @@ from repogate.config.schema import (
     ClientGroup,
     Config,
     Destination,
-    DnsClients,
-    FeedConfig,
-    FileClients,
     Hook,
-    HttpClients,
-    HttpOptions,
     MetricsConfig,
     ResolverConfig,
     Rule,
-    StaticClients,
 )
 from repogate.errors import ConfigError, ConfigProblem
 
 DEFAULT_CONFIG_PATH = Path("/etc/repogate/repogate.toml")
 CONFIG_ENV = "REPOGATE_CONFIG"
 HOOKS = ("forward", "output")
-# A destination broader than this is almost surely a typo (0.0.0.0/0 would reset every
-# unapproved SSH and HTTPS connection through the host).
-DESTINATION_PREFIX_LIMITS = {4: 8, 6: 16}
 # The table name becomes part of every nft command.
 TABLE_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 LISTEN_PATTERN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+)):(\d{1,5})")
@@ -81,12 +72,12 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> Config:
     base = path.parent if path is not None else None
     agent = _parse_agent(check, top.get("agent", {}))
     resolver = _parse_resolver(check, top.get("resolver", {}))
-    destinations = _parse_destinations(check, top.get("destinations"), base)
-    clients = _parse_clients(check, top.get("clients"), agent, base)
+    destinations = parse_destinations(check, top.get("destinations"), base)
+    clients = parse_clients(check, top.get("clients"), agent, base)
     rules = _parse_rules(check, top.get("rules", []), destinations, clients)
     metrics = _parse_metrics(check, top.get("metrics", {}), base)
     audit_table = check.table(top.get("audit", {}), "audit", {"path"})
-    audit = AuditConfig(path=_path(check.string(audit_table, "audit", "path", None), base))
+    audit = AuditConfig(path=check.file(audit_table, "audit", "path", base))
     if check.problems:
         raise ConfigError(check.problems, str(path) if path else "")
     return Config(agent, destinations, clients, rules, path, resolver, metrics, audit)
@@ -101,12 +92,12 @@ def _parse_metrics(check: Checker, raw: object, base: Path | None) -> MetricsCon
         "basic_auth_password_file",
     }
     table = check.table(raw, "metrics", keys)
-    listen = check.string(table, "metrics", "listen", f"127.0.0.1:{DEFAULT_METRICS_PORT}")
     host: str | None = None
     port = DEFAULT_METRICS_PORT
-    if table.get("listen") == "":
-        pass  # listen = "" turns metrics off
-    elif listen is not None:
+    default = f"127.0.0.1:{DEFAULT_METRICS_PORT}"
+    # "" turns metrics off, so it must not reach check.string, which refuses empty strings.
+    listen = "" if table.get("listen") == "" else check.string(table, "metrics", "listen", default)
+    if listen:
         found = LISTEN_PATTERN.fullmatch(listen)
         address = (found.group(1) or found.group(2)) if found else None
         if found is None or address is None or canonical_address(address) is None:
@@ -122,12 +113,10 @@ def _parse_metrics(check: Checker, raw: object, base: Path | None) -> MetricsCon
     settings = MetricsConfig(
         host=host,
         port=port,
-        tls_cert_file=_path(check.string(table, "metrics", "tls_cert_file", None), base),
-        tls_key_file=_path(check.string(table, "metrics", "tls_key_file", None), base),
+        tls_cert_file=check.file(table, "metrics", "tls_cert_file", base),
+        tls_key_file=check.file(table, "metrics", "tls_key_file", base),
         basic_auth_user=check.string(table, "metrics", "basic_auth_user", None),
-        basic_auth_password_file=_path(
-            check.string(table, "metrics", "basic_auth_password_file", None), base
-        ),
+        basic_auth_password_file=check.file(table, "metrics", "basic_auth_password_file", base),
     )
     if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
         check.problem("metrics", "tls_cert_file and tls_key_file go together")
@@ -214,320 +203,6 @@ def _parse_agent(check: Checker, raw: object) -> AgentConfig:
         max_stale=max_stale,
         max_shrink=defaults.max_shrink if max_shrink is None else max_shrink,
     )
-
-
-DESTINATION_KEYS = {
-    "networks",
-    "hosts",
-    "ports",
-    "preset",
-    "feed_url",
-    "feed_ca_file",
-    "feed_interval",
-    "linger",
-    "min_refresh",
-    "max_refresh",
-}
-
-
-def _parse_destinations(check: Checker, raw: object, base: Path | None) -> dict[str, Destination]:
-    if raw is None:
-        check.problem("destinations", "at least one destination is required")
-        return {}
-    table = check.table(raw, "destinations", None)
-    destinations: dict[str, Destination] = {}
-    for name, spec in table.items():
-        path = f"destinations.{name}"
-        check.name(path, name)
-        destination = _parse_destination(
-            check, name, check.table(spec, path, DESTINATION_KEYS), base
-        )
-        if destination is not None:
-            destinations[name] = destination
-    if isinstance(raw, dict) and not raw:
-        check.problem("destinations", "at least one destination is required")
-    return destinations
-
-
-def _parse_destination(
-    check: Checker, name: str, table: dict[str, Any], base: Path | None
-) -> Destination | None:
-    path = f"destinations.{name}"
-    preset_name = check.string(table, path, "preset", None)
-    preset = PRESETS.get(preset_name) if preset_name else None
-    if preset_name is not None and preset is None:
-        check.problem(
-            f"{path}.preset", f"{preset_name!r} is not a preset ({', '.join(sorted(PRESETS))})"
-        )
-    if preset is None and not ({"networks", "hosts"} & table.keys()):
-        check.problem(path, "needs networks, hosts or a preset")
-    entries = check.entries(
-        table,
-        path,
-        "networks",
-        min_prefix=DESTINATION_PREFIX_LIMITS,
-        required=preset is None and "hosts" not in table,
-        limit_reason="a destination this broad would gate unrelated traffic",
-    )
-    hosts = check.hostnames(table, path, "hosts")
-    ports = check.ports(table, path, "ports", required=preset is None)
-    if preset is None and "ports" not in table:
-        check.problem(f"{path}.ports", "is required")
-    feed: FeedConfig | None = None
-    if preset is not None:
-        hosts = list(dict.fromkeys([*preset.hosts, *hosts]))
-        ports = ports or list(preset.ports)
-        url = check.string(table, path, "feed_url", preset.feed_url)
-        if url and _check_url(check, f"{path}.feed_url", url, allow_insecure=False):
-            ca_file = check.string(table, path, "feed_ca_file", None)
-            feed = FeedConfig(
-                http=HttpOptions(url=url, ca_file=_path(ca_file, base), timeout=30.0),
-                products=preset.feed_products,
-                directions=preset.feed_directions,
-                interval=check.duration(table, path, "feed_interval", 6 * 3600.0, low=60),
-            )
-    else:
-        for key in ("feed_url", "feed_ca_file", "feed_interval"):
-            if key in table:
-                check.problem(f"{path}.{key}", "only applies with a preset")
-    min_refresh, max_refresh = _refresh_bounds(check, table, path)
-    return Destination(
-        name=name,
-        entries=tuple(entries),
-        ports=tuple(ports or ()),
-        hosts=tuple(hosts),
-        feed=feed,
-        preset=preset_name if preset is not None else None,
-        linger=check.duration(table, path, "linger", 3600.0),
-        min_refresh=min_refresh,
-        max_refresh=max_refresh,
-    )
-
-
-def _group_name(check: Checker, table: dict[str, Any], path: str) -> str | None:
-    name = check.string(table, path, "name", None)
-    if name is not None:
-        check.name(f"{path}.name", name)
-    return name
-
-
-def _optional_duration(check: Checker, table: dict[str, Any], path: str, key: str) -> float | None:
-    """A duration if the key is there, else None (the agent's default applies)."""
-    return check.duration(table, path, key, -1.0) if key in table else None
-
-
-def _refresh_bounds(check: Checker, table: dict[str, Any], path: str) -> tuple[float, float]:
-    """min_refresh and max_refresh, for TTL-driven DNS refreshes."""
-    min_refresh = check.duration(table, path, "min_refresh", 30.0, low=1)
-    max_refresh = check.duration(table, path, "max_refresh", 3600.0, low=1)
-    if max_refresh < min_refresh:
-        check.problem(f"{path}.max_refresh", "is shorter than min_refresh")
-    return min_refresh, max_refresh
-
-
-def _check_url(check: Checker, path: str, url: str, *, allow_insecure: bool) -> bool:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        check.problem(path, f"{url!r} is not an http(s) URL")
-        return False
-    if parts.scheme == "http" and not allow_insecure:
-        check.problem(path, f"{url!r} is not HTTPS (set allow_insecure = true to allow it)")
-        return False
-    if parts.username or parts.password:
-        check.problem(path, "must not carry credentials: use token_file")
-        return False
-    return True
-
-
-def _path(value: str | None, base: Path | None) -> Path | None:
-    if value is None:
-        return None
-    resolved = Path(value)
-    return base / resolved if not resolved.is_absolute() and base is not None else resolved
-
-
-def _parse_clients(
-    check: Checker, raw: object, agent: AgentConfig, base: Path | None
-) -> tuple[ClientGroup, ...]:
-    if raw is None:
-        check.problem("clients", "at least one client group is required")
-        return ()
-    if not isinstance(raw, list):
-        check.problem("clients", "must be an array of tables ([[clients]])")
-        return ()
-    groups: list[ClientGroup] = []
-    seen: dict[str, int] = {}
-    for index, spec in enumerate(raw):
-        path = f"clients[{index}]"
-        if not isinstance(spec, dict):
-            check.problem(path, "must be a table")
-            continue
-        kind = spec.get("type")
-        parser = CLIENT_TYPES.get(kind) if isinstance(kind, str) else None
-        if parser is None:
-            expected = ", ".join(CLIENT_TYPES)
-            if kind is None:
-                check.problem(f"{path}.type", f"is required (one of: {expected})")
-            else:
-                check.problem(f"{path}.type", f"{kind!r} is not a client type ({expected})")
-            continue
-        group = parser(check, spec, path, agent, base)
-        if group is None:
-            continue
-        if group.name in seen:
-            check.problem(
-                f"{path}.name", f"{group.name!r} is already used by clients[{seen[group.name]}]"
-            )
-            continue
-        seen[group.name] = index
-        groups.append(group)
-    if not raw:
-        check.problem("clients", "at least one client group is required")
-    return tuple(groups)
-
-
-def _parse_static(
-    check: Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
-) -> StaticClients | None:
-    table = check.table(spec, path, {"name", "type", "addresses"}, required={"name", "addresses"})
-    name = _group_name(check, table, path)
-    entries = check.entries(table, path, "addresses", min_prefix=agent.prefix_limits, required=True)
-    if name is None:
-        return None
-    return StaticClients(name=name, entries=tuple(entries))
-
-
-def _parse_file(
-    check: Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
-) -> FileClients | None:
-    table = check.table(
-        spec,
-        path,
-        {"name", "type", "path", "format", "json_path", "interval", "max_stale", "max_shrink"},
-        required={"name", "path"},
-    )
-    name = _group_name(check, table, path)
-    file_path = check.string(table, path, "path", None)
-    list_format = check.string(table, path, "format", "lines")
-    if list_format not in ("lines", "json"):
-        check.problem(f"{path}.format", f"{list_format!r} is not one of: lines, json")
-    json_path = check.string(table, path, "json_path", None)
-    if json_path is not None and list_format != "json":
-        check.problem(f"{path}.json_path", 'only applies with format = "json"')
-    interval = check.duration(table, path, "interval", 10.0, low=1)
-    max_stale = _optional_duration(check, table, path, "max_stale")
-    if name is None or file_path is None:
-        return None
-    resolved = Path(file_path)
-    if not resolved.is_absolute() and base is not None:
-        resolved = base / resolved
-    return FileClients(
-        name=name,
-        path=resolved,
-        format="json" if list_format == "json" else "lines",
-        json_path=json_path,
-        interval=interval,
-        max_stale=max_stale,
-        max_shrink=check.fraction(table, path, "max_shrink"),
-    )
-
-
-HTTP_KEYS = {
-    "name",
-    "type",
-    "url",
-    "format",
-    "json_path",
-    "interval",
-    "allow_insecure",
-    "ca_file",
-    "token_file",
-    "timeout",
-    "max_bytes",
-    "max_stale",
-    "max_shrink",
-}
-
-
-def _parse_http(
-    check: Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
-) -> HttpClients | None:
-    table = check.table(spec, path, HTTP_KEYS, required={"name", "url"})
-    name = _group_name(check, table, path)
-    insecure = check.boolean(table, path, "allow_insecure", False)
-    url = check.string(table, path, "url", None)
-    url_ok = url is not None and _check_url(check, f"{path}.url", url, allow_insecure=insecure)
-    list_format = check.choice(table, path, "format", "lines", ("lines", "json"))
-    json_path = check.string(table, path, "json_path", None)
-    if json_path is not None and list_format != "json":
-        check.problem(f"{path}.json_path", 'only applies with format = "json"')
-    if "token" in spec:
-        check.problem(f"{path}.token", "never write a token in the config: use token_file")
-    options = HttpOptions(
-        url=url or "",
-        allow_insecure=insecure,
-        ca_file=_path(check.string(table, path, "ca_file", None), base),
-        token_file=_path(check.string(table, path, "token_file", None), base),
-        timeout=check.duration(table, path, "timeout", 10.0, low=0.1),
-        max_bytes=check.integer(table, path, "max_bytes", 16 * 1024 * 1024, low=1, high=2**31),
-    )
-    interval = check.duration(table, path, "interval", 300.0, low=1)
-    if name is None or not url_ok:
-        return None
-    return HttpClients(
-        name=name,
-        http=options,
-        format="json" if list_format == "json" else "lines",
-        json_path=json_path,
-        interval=interval,
-        max_stale=_optional_duration(check, table, path, "max_stale"),
-        max_shrink=check.fraction(table, path, "max_shrink"),
-    )
-
-
-DNS_KEYS = {
-    "name",
-    "type",
-    "names",
-    "min_refresh",
-    "max_refresh",
-    "max_addresses",
-    "max_stale",
-    "max_shrink",
-}
-
-
-def _parse_dns(
-    check: Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
-) -> DnsClients | None:
-    table = check.table(spec, path, DNS_KEYS, required={"name", "names"})
-    name = _group_name(check, table, path)
-    names = check.hostnames(table, path, "names")
-    if "names" in table and not names and not check.problems:
-        check.problem(f"{path}.names", "must name at least one host")
-    min_refresh, max_refresh = _refresh_bounds(check, table, path)
-    if name is None:
-        return None
-    return DnsClients(
-        name=name,
-        names=tuple(names),
-        min_refresh=min_refresh,
-        max_refresh=max_refresh,
-        max_addresses=check.integer(table, path, "max_addresses", 8, low=1, high=1024),
-        max_stale=_optional_duration(check, table, path, "max_stale"),
-        max_shrink=check.fraction(table, path, "max_shrink"),
-    )
-
-
-ClientParser = Callable[
-    ["Checker", dict[str, Any], str, AgentConfig, Path | None], ClientGroup | None
-]
-CLIENT_TYPES: dict[str, ClientParser] = {
-    "static": _parse_static,
-    "file": _parse_file,
-    "http": _parse_http,
-    "dns": _parse_dns,
-}
 
 
 def _parse_rules(

@@ -1,0 +1,213 @@
+"""The [[clients]] array: one parser per client group type, behind one signature.
+
+A group's type picks its parser from CLIENT_TYPES; every parser records its problems
+on the Checker and returns None when the group cannot be built, so the others are
+still checked and all problems reach the admin together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from repogate.config.checks import (
+    Checker,
+    check_url,
+    group_name,
+    optional_duration,
+    refresh_bounds,
+)
+from repogate.config.schema import (
+    AgentConfig,
+    ClientGroup,
+    DnsClients,
+    FileClients,
+    HttpClients,
+    HttpOptions,
+    StaticClients,
+)
+
+
+def parse_clients(
+    check: Checker, raw: object, agent: AgentConfig, base: Path | None
+) -> tuple[ClientGroup, ...]:
+    if raw is None:
+        check.problem("clients", "at least one client group is required")
+        return ()
+    if not isinstance(raw, list):
+        check.problem("clients", "must be an array of tables ([[clients]])")
+        return ()
+    groups: list[ClientGroup] = []
+    seen: dict[str, int] = {}
+    for index, spec in enumerate(raw):
+        path = f"clients[{index}]"
+        if not isinstance(spec, dict):
+            check.problem(path, "must be a table")
+            continue
+        kind = spec.get("type")
+        parser = CLIENT_TYPES.get(kind) if isinstance(kind, str) else None
+        if parser is None:
+            expected = ", ".join(CLIENT_TYPES)
+            if kind is None:
+                check.problem(f"{path}.type", f"is required (one of: {expected})")
+            else:
+                check.problem(f"{path}.type", f"{kind!r} is not a client type ({expected})")
+            continue
+        group = parser(check, spec, path, agent, base)
+        if group is None:
+            continue
+        if group.name in seen:
+            check.problem(
+                f"{path}.name", f"{group.name!r} is already used by clients[{seen[group.name]}]"
+            )
+            continue
+        seen[group.name] = index
+        groups.append(group)
+    if not raw:
+        check.problem("clients", "at least one client group is required")
+    return tuple(groups)
+
+
+def _parse_static(
+    check: Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
+) -> StaticClients | None:
+    table = check.table(spec, path, {"name", "type", "addresses"}, required={"name", "addresses"})
+    name = group_name(check, table, path)
+    entries = check.entries(table, path, "addresses", min_prefix=agent.prefix_limits, required=True)
+    if name is None:
+        return None
+    return StaticClients(name=name, entries=tuple(entries))
+
+
+def _parse_file(
+    check: Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
+) -> FileClients | None:
+    table = check.table(
+        spec,
+        path,
+        {"name", "type", "path", "format", "json_path", "interval", "max_stale", "max_shrink"},
+        required={"name", "path"},
+    )
+    name = group_name(check, table, path)
+    file_path = check.string(table, path, "path", None)
+    list_format = check.string(table, path, "format", "lines")
+    if list_format not in ("lines", "json"):
+        check.problem(f"{path}.format", f"{list_format!r} is not one of: lines, json")
+    json_path = check.string(table, path, "json_path", None)
+    if json_path is not None and list_format != "json":
+        check.problem(f"{path}.json_path", 'only applies with format = "json"')
+    interval = check.duration(table, path, "interval", 10.0, low=1)
+    max_stale = optional_duration(check, table, path, "max_stale")
+    if name is None or file_path is None:
+        return None
+    resolved = Path(file_path)
+    if not resolved.is_absolute() and base is not None:
+        resolved = base / resolved
+    return FileClients(
+        name=name,
+        path=resolved,
+        format="json" if list_format == "json" else "lines",
+        json_path=json_path,
+        interval=interval,
+        max_stale=max_stale,
+        max_shrink=check.fraction(table, path, "max_shrink"),
+    )
+
+
+HTTP_KEYS = {
+    "name",
+    "type",
+    "url",
+    "format",
+    "json_path",
+    "interval",
+    "allow_insecure",
+    "ca_file",
+    "token_file",
+    "timeout",
+    "max_bytes",
+    "max_stale",
+    "max_shrink",
+}
+
+
+def _parse_http(
+    check: Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
+) -> HttpClients | None:
+    table = check.table(spec, path, HTTP_KEYS, required={"name", "url"})
+    name = group_name(check, table, path)
+    insecure = check.boolean(table, path, "allow_insecure", False)
+    url = check.string(table, path, "url", None)
+    url_ok = url is not None and check_url(check, f"{path}.url", url, allow_insecure=insecure)
+    list_format = check.choice(table, path, "format", "lines", ("lines", "json"))
+    json_path = check.string(table, path, "json_path", None)
+    if json_path is not None and list_format != "json":
+        check.problem(f"{path}.json_path", 'only applies with format = "json"')
+    if "token" in spec:
+        check.problem(f"{path}.token", "never write a token in the config: use token_file")
+    options = HttpOptions(
+        url=url or "",
+        allow_insecure=insecure,
+        ca_file=check.file(table, path, "ca_file", base),
+        token_file=check.file(table, path, "token_file", base),
+        timeout=check.duration(table, path, "timeout", 10.0, low=0.1),
+        max_bytes=check.integer(table, path, "max_bytes", 16 * 1024 * 1024, low=1, high=2**31),
+    )
+    interval = check.duration(table, path, "interval", 300.0, low=1)
+    if name is None or not url_ok:
+        return None
+    return HttpClients(
+        name=name,
+        http=options,
+        format="json" if list_format == "json" else "lines",
+        json_path=json_path,
+        interval=interval,
+        max_stale=optional_duration(check, table, path, "max_stale"),
+        max_shrink=check.fraction(table, path, "max_shrink"),
+    )
+
+
+DNS_KEYS = {
+    "name",
+    "type",
+    "names",
+    "min_refresh",
+    "max_refresh",
+    "max_addresses",
+    "max_stale",
+    "max_shrink",
+}
+
+
+def _parse_dns(
+    check: Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
+) -> DnsClients | None:
+    table = check.table(spec, path, DNS_KEYS, required={"name", "names"})
+    name = group_name(check, table, path)
+    names = check.hostnames(table, path, "names")
+    if "names" in table and not names and not check.problems:
+        check.problem(f"{path}.names", "must name at least one host")
+    min_refresh, max_refresh = refresh_bounds(check, table, path)
+    if name is None:
+        return None
+    return DnsClients(
+        name=name,
+        names=tuple(names),
+        min_refresh=min_refresh,
+        max_refresh=max_refresh,
+        max_addresses=check.integer(table, path, "max_addresses", 8, low=1, high=1024),
+        max_stale=optional_duration(check, table, path, "max_stale"),
+        max_shrink=check.fraction(table, path, "max_shrink"),
+    )
+
+
+ClientParser = Callable[
+    [Checker, dict[str, Any], str, AgentConfig, Path | None], ClientGroup | None
+]
+CLIENT_TYPES: dict[str, ClientParser] = {
+    "static": _parse_static,
+    "file": _parse_file,
+    "http": _parse_http,
+    "dns": _parse_dns,
+}

@@ -6,6 +6,8 @@
     │   ├── NftUnavailableError   the python3-nftables bindings or libnftables are missing
     │   └── NftPermissionError    no CAP_NET_ADMIN in this network namespace
     ├── NotOwnedTableError        the named table exists but repogate did not create it
+    ├── SnapshotError             a preset's packaged IP-range snapshot is unreadable
+                                  (config.presets; a packaging bug)
     └── SourceError               a client source could not be read or parsed (its group
                                   keeps what the kernel enforces now)
 

@@ -53,6 +53,7 @@ class DesiredState:
     counters: tuple[str, ...]
     rules: tuple[RuleSpec, ...]
     groups: Mapping[str, NormalisedEntries] = field(default_factory=dict)
+    owner: str = ""  # the owner mark's comment (nft.names.owner_comment); "": none
 
     @functools.cached_property
     def rules_digest(self) -> str:
@@ -102,10 +103,12 @@ class KernelTable:
     counters: Mapping[str, CounterValue]
     # Objects of kinds repogate never creates (maps, quotas, flowtables...): (kind, name).
     others: tuple[tuple[str, str], ...] = ()
+    owner: str | None = None  # the owner counter's comment; None: no mark
 
     @property
     def is_empty(self) -> bool:
-        return not (self.sets or self.chains or self.counters or self.others)
+        marked = self.owner is not None
+        return not (self.sets or self.chains or self.counters or self.others or marked)
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,9 @@ class Plan:
     delete_others: tuple[tuple[str, str], ...] = ()
     rewrite_rules: bool = False
     set_changes: tuple[SetChange, ...] = ()
+    # Write the owner mark (its comment); replace_owner: an old mark goes first.
+    owner: str | None = None
+    replace_owner: bool = False
 
     @property
     def is_empty(self) -> bool:
@@ -151,6 +157,7 @@ class Plan:
             or self.delete_others
             or self.rewrite_rules
             or self.set_changes
+            or self.owner is not None
         )
 
     @property

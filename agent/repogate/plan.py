@@ -34,6 +34,7 @@ def desired_state(
     config: Config,
     group_entries: Mapping[str, NormalisedEntries],
     destination_entries: Mapping[str, NormalisedEntries] | None = None,
+    owner: str = "",
 ) -> DesiredState:
     """The table repogate wants for this config and what its sources returned.
 
@@ -62,8 +63,8 @@ def desired_state(
         collapsed = destination_elements(destination.entries, dynamic)
         for family in FAMILIES:
             dest_set = names.destination_set(destination.name, family)
-            owner = f"destination {destination.name}"
-            sets[dest_set] = SetSpec(dest_set, family, True, collapsed[family], owner)
+            label = f"destination {destination.name}"
+            sets[dest_set] = SetSpec(dest_set, family, True, collapsed[family], label)
             for grant in grants:
                 if grant.destination != destination.name:
                     continue
@@ -96,6 +97,7 @@ def desired_state(
         counters=tuple(counters),
         rules=tuple(rules),
         groups=groups,
+        owner=owner,
     )
 
 
@@ -163,6 +165,7 @@ def expected_table(desired: DesiredState) -> KernelTable:
         },
         chains=chains,
         counters={name: CounterValue(0, 0) for name in desired.counters},
+        owner=desired.owner or None,
     )
 
 
@@ -203,6 +206,7 @@ def diff(desired: DesiredState, current: KernelTable | None) -> Plan:
                 for spec in desired.sets.values()
                 if spec.elements
             ),
+            owner=desired.owner or None,
         )
 
     recreate_sets = {
@@ -271,4 +275,6 @@ def diff(desired: DesiredState, current: KernelTable | None) -> Plan:
         delete_others=current.others,
         rewrite_rules=rewrite_rules,
         set_changes=tuple(changes),
+        owner=desired.owner if desired.owner and desired.owner != current.owner else None,
+        replace_owner=bool(desired.owner) and current.owner not in (None, desired.owner),
     )

@@ -91,6 +91,8 @@ class Hold:
     digest: str
     count: int
     since: float
+    # When the fetch that proposed it ran: only a later fetch can agree with it.
+    seen: float = 0.0
 
     @classmethod
     def from_json(cls, data: object) -> Hold:
@@ -99,7 +101,8 @@ class Hold:
         count = data.get("count")
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise _UnusableStateError(f"a hold's count is {count!r}, not a whole number")
-        return cls(_string(data, "digest"), count, _time(data, "since"))
+        seen = _time(data, "seen") if "seen" in data else 0.0
+        return cls(_string(data, "digest"), count, _time(data, "since"), seen)
 
 
 def _kind(value: object) -> str:
@@ -305,7 +308,12 @@ class StateStore:
             "version": STATE_VERSION,
             "groups": {name: record.to_json() for name, record in sorted(self.records.items())},
             "holds": {
-                name: {"digest": hold.digest, "count": hold.count, "since": hold.since}
+                name: {
+                    "digest": hold.digest,
+                    "count": hold.count,
+                    "since": hold.since,
+                    "seen": hold.seen,
+                }
                 for name, hold in sorted(self.holds.items())
             },
         }

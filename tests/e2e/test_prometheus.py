@@ -168,6 +168,7 @@ def stand_in_metrics(elapsed: float, now: float) -> str:
             "gauge",
             [({"group": g}, n) for g, n in (("office", 2), ("laptops", 2), ("home", 1))],
         ),
+        *_family("repogate_destination_addresses", "gauge", [({"destination": "bitbucket"}, 7)]),
         *_family("repogate_source_up", "gauge", per_source(0, 1)),
         *_family(
             "repogate_source_last_success_timestamp_seconds",

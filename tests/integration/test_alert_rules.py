@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from lab.prometheus import DashboardQuery, dashboard_queries, expand_variables, variables_used
+from repogate.daemon.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "config" / "prometheus"
@@ -374,6 +375,38 @@ def test_dashboard_queries_select_the_job_and_instance_variables() -> None:
 
 
 # -- the documented contract ----------------------------------------------------------------------
+
+
+def test_every_metric_used_is_one_the_agent_exports() -> None:
+    metrics = Metrics()
+    metrics.watch_traffic(dict)  # the scrape-time traffic counters
+    exported = {family.name for family in metrics.registry.collect()}
+    used = {
+        name
+        for exprs in (
+            rule_expressions(RULES.read_text()),
+            [q.expr for q in dashboard_queries(dashboard())],
+        )
+        for expr in exprs
+        for name in metric_names(expr)
+    }
+    for name in used:
+        base = re.sub(r"_(total|bucket|sum|count)$", "", name)
+        assert name in exported or base in exported, f"{name} is used but never exported"
+
+
+def test_the_not_gated_alert_reads_the_gauge_the_agent_sets() -> None:
+    metrics = Metrics()
+    metrics.destination_sizes({"bitbucket": 0, "gitlab": 12})
+    samples = {
+        sample.labels["destination"]: sample.value
+        for family in metrics.registry.collect()
+        if family.name == "repogate_destination_addresses"
+        for sample in family.samples
+    }
+    assert samples == {"bitbucket": 0.0, "gitlab": 12.0}
+    blocks = dict(alert_blocks(RULES.read_text()))
+    assert "expr: repogate_destination_addresses == 0" in blocks["RepogateDestinationNotGated"]
 
 
 def test_every_metric_used_is_documented() -> None:

@@ -7,6 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from tests.integration.conftest import Namespace
 
 BASE = """
@@ -161,14 +163,21 @@ def test_sync_repairs_drift_in_the_owned_table(netns: Namespace) -> None:
     assert "in sync" in netns.repogate("sync", config=path).stdout
 
 
-def test_a_table_not_created_by_repogate_is_refused(netns: Namespace) -> None:
-    netns.run("nft", "add table inet repogate; add chain inet repogate mine")
+@pytest.mark.parametrize("chain", ["mine", "gate"])
+def test_a_table_not_created_by_repogate_is_refused(netns: Namespace, chain: str) -> None:
+    # A chain called `gate` proves nothing: ownership is repogate's own mark.
+    netns.run("nft", f"add table inet repogate; add chain inet repogate {chain}")
     before = netns.nft("list", "ruleset")
     result = netns.repogate("sync", config=config(netns))
     assert result.returncode == 1
-    assert "was not created by repogate" in result.stderr
+    assert "repogate did not create it (it has no owner mark)" in result.stderr
+    assert f"chain {chain}" in result.stderr  # every foreign object is named
     assert netns.repogate("teardown", config=config(netns)).returncode == 1
     assert netns.nft("list", "ruleset") == before
+    adopted = netns.repogate("sync", "--adopt", config=config(netns))
+    assert adopted.returncode == 0, adopted.stderr
+    assert 'comment "repogate instance ' in netns.nft("list", "table", "inet", "repogate")
+    assert "in sync" in netns.repogate("sync", config=config(netns)).stdout
 
 
 def test_an_invalid_config_changes_nothing(netns: Namespace) -> None:
@@ -234,8 +243,8 @@ def test_status_and_explain_read_the_kernel(netns: Namespace) -> None:
     assert netns.repogate("sync", config=path).returncode == 0
     status = json.loads(netns.repogate("status", "--json", config=path).stdout)
     assert status["present"] is True and status["in_sync"] is True
-    assert status["sets"]["client_office_v4_addr"]["elements"] == 1
-    assert status["groups"]["office"]["count"] == 3
+    assert status["sets"]["client_office_v4_addr"] == 1
+    assert status["groups"]["office"] == 3
     assert status["counters"]["bitbucket"]["denied"]["packets"] == 0
     netns.run("nft", "delete element inet repogate client_office_v4_addr { 10.30.0.7 }")
     explained = netns.repogate("explain", "10.30.0.7", config=path).stdout

@@ -12,22 +12,35 @@ import copy
 import ipaddress
 import json
 import socket
-from collections.abc import Callable, Iterator
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from repogate.audit import AuditLog
 from repogate.config import Config, parse_config
+from repogate.engine import Engine, Generation, Inputs, Outcome
 from repogate.errors import NftError
-from repogate.model import DesiredState, KernelTable
+from repogate.instance import Instance
+from repogate.lastgood import resolve
+from repogate.model import CounterValue, DesiredState, KernelTable, Plan
 from repogate.nft.builders import transaction
+from repogate.nft.names import OWNER_COUNTER, owner_comment
 from repogate.nft.parse import parse_table
-from repogate.reconcile import gather
+from repogate.plan import desired_state
+from repogate.sources import collect
+from repogate.state import StateStore
 
 Json = dict[str, Any]
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_CONFIG = REPO / "config" / "repogate.toml"
+
+TEST_INSTANCE = "test0instance"
+TEST_MARK = owner_comment(TEST_INSTANCE)
 
 BASE_TOML = """\
 [agent]
@@ -105,6 +118,10 @@ def write_config(tmp_path: Path) -> Callable[[str], Path]:
         # Keep state and the audit trail in the test's own directory, never /var/lib.
         if "[agent]\n" in text and "state_dir" not in text:
             text = text.replace("[agent]\n", f'[agent]\nstate_dir = "{tmp_path / "state"}"\n', 1)
+        # The test instance's id, so tables built from `desired_of` carry its mark.
+        state = tmp_path / "state"
+        state.mkdir(exist_ok=True)
+        (state / "instance.json").write_text(json.dumps({"id": TEST_INSTANCE, "table": None}))
         path = tmp_path / f"repogate-{next(counter)}.toml"
         path.write_text(text, encoding="utf-8")
         return path
@@ -113,8 +130,17 @@ def write_config(tmp_path: Path) -> Callable[[str], Path]:
 
 
 def desired_of(config: Config, current: KernelTable | None = None) -> DesiredState:
-    """The desired state for a config, its sources read as `sync` reads them."""
-    return gather(config, current).desired
+    """The desired state for a config, its sources read as `sync` reads them (no mark)."""
+    collected = collect(config)
+    resolved = resolve(
+        config,
+        results=collected.results,
+        failures=collected.failures,
+        store=None,
+        current=current,
+        now=time.time(),
+    )
+    return desired_state(config, resolved.groups, resolved.destinations, owner=TEST_MARK)
 
 
 @pytest.fixture
@@ -154,6 +180,9 @@ def listing_from_desired(
         {"table": {"family": "inet", "name": table, "handle": 1}},
     ]
     handle = iter(range(2, 100_000))
+    if desired.owner:
+        owner = {**ref, "name": OWNER_COUNTER, "handle": next(handle), "comment": desired.owner}
+        items.append({"counter": {**owner, "packets": 0, "bytes": 0}})
     for name in desired.counters:
         packets, octets = (counters or {}).get(name, (0, 0))
         items.append(
@@ -235,6 +264,7 @@ class FakeKernel:
     def __init__(self) -> None:
         self.tables: dict[str, Json] = {}
         self.transactions: list[list[Json]] = []
+        self.genid = 1
 
     # The Backend protocol.
 
@@ -258,7 +288,18 @@ class FakeKernel:
                 raise FakeKernelError(f"command {index} {json.dumps(command)}: {exc}") from exc
         self.tables = tables  # all or nothing, like one kernel transaction
         self.transactions.append(commands)
+        self.genid += 1
         return 0.0
+
+    def generation(self) -> int:
+        return self.genid
+
+    def watch(self, table: str, on_foreign_change: Callable[[str], None]) -> None:
+        return None  # no notifications: the daemon watches the generation id
+
+    def read_counters(self, table: str) -> dict[str, CounterValue]:
+        current = self.read_table(table)
+        return dict(current.counters) if current is not None else {}
 
     def chain_comments(self, table: str, chain: str) -> tuple[str | None, ...] | None:
         current = self.read_table(table)
@@ -269,7 +310,7 @@ class FakeKernel:
     # Helpers for tests.
 
     def set_counter(self, table: str, name: str, packets: int, octets: int) -> None:
-        self.tables[table]["counters"][name] = [packets, octets]
+        self.tables[table]["counters"][name][:2] = [packets, octets]
 
     def elements(self, table: str, set_name: str) -> set[str]:
         return set(self.tables[table]["sets"][set_name]["elems"])
@@ -282,18 +323,12 @@ class FakeKernel:
             {"table": {"family": "inet", "name": table, "handle": 1}},
         ]
         handle = iter(range(2, 1_000_000))
-        for name, (packets, octets) in state["counters"].items():
-            items.append(
-                {
-                    "counter": {
-                        **ref,
-                        "name": name,
-                        "handle": next(handle),
-                        "packets": packets,
-                        "bytes": octets,
-                    }
-                }
-            )
+        for name, (packets, octets, comment) in state["counters"].items():
+            counter = {**ref, "name": name, "handle": next(handle), "packets": packets}
+            counter["bytes"] = octets
+            if comment is not None:
+                counter["comment"] = comment
+            items.append({"counter": counter})
         for name, spec in state["sets"].items():
             body: Json = {**ref, "name": name, "type": spec["type"], "handle": next(handle)}
             if spec["interval"]:
@@ -446,7 +481,7 @@ class FakeKernel:
     # Counters.
 
     def _add_counter(self, state: Json, body: Json) -> None:
-        state["counters"].setdefault(body["name"], [0, 0])
+        state["counters"].setdefault(body["name"], [0, 0, body.get("comment")])
 
     def _delete_counter(self, state: Json, body: Json) -> None:
         if body["name"] not in state["counters"]:
@@ -527,3 +562,75 @@ def kernel_from() -> Callable[..., KernelTable]:
 def listing_from() -> Callable[..., list[Json]]:
     """listing_from(desired, counters=None): `nft -j list table` once `desired` is enforced."""
     return listing_from_desired
+
+
+# --- one sync through the engine, as `repogate sync` runs it ----------------------
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    outcome: Outcome
+    inputs: Inputs
+    generation: Generation
+
+    @property
+    def applied(self) -> bool:
+        return self.outcome.applied
+
+    @property
+    def plan(self) -> Plan:
+        return self.outcome.plan
+
+    @property
+    def desired(self) -> DesiredState:
+        return self.outcome.desired
+
+    @property
+    def commands(self) -> list[Json]:
+        return self.outcome.commands
+
+    @property
+    def failures(self) -> Mapping[str, str]:
+        return self.inputs.failures
+
+
+_ENGINES: dict[int, tuple[Instance, Path]] = {}
+
+
+def engine_for(backend: Any, store: StateStore | None = None) -> Engine:
+    """An engine with one instance id per backend, so syncs on one kernel agree."""
+    if id(backend) not in _ENGINES:
+        directory = Path(tempfile.mkdtemp(prefix="repogate-test-"))
+        _ENGINES[id(backend)] = (
+            Instance("test0instance", None, directory / "instance.json"),
+            directory,
+        )
+    instance, directory = _ENGINES[id(backend)]
+    if store is None:
+        store = StateStore(directory)
+        store.load()
+    return Engine(backend, store, AuditLog(directory), instance)
+
+
+def sync(
+    config: Config,
+    backend: Any,
+    *,
+    dry_run: bool = False,
+    store: StateStore | None = None,
+    accept_shrink: bool = False,
+    adopt: bool = False,
+) -> SyncResult:
+    collected = collect(config)
+    inputs = Inputs(collected.results, collected.failures)
+    generation = Generation.of(config)
+    outcome = engine_for(backend, store).reconcile(
+        generation,
+        inputs,
+        reason="sync",
+        verify=True,
+        dry_run=dry_run,
+        accept_shrink=accept_shrink,
+        adopt=adopt,
+    )
+    return SyncResult(outcome, inputs, generation)

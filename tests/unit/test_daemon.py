@@ -122,8 +122,9 @@ def test_start_reload_stop(tmp_path: Path, kernel: Any, notify_socket: Any) -> N
     assert any("reload refused" in m for m in messages)
     assert messages[-1] == "STOPPING=1"
     assert kernel.elements("repogate", "client_office_v4_addr") == {"10.30.0.7"}  # reload applied
-    assert daemon.counters.reloads_ok == 1
-    assert daemon.counters.reloads_failed == 1
+    reloads = daemon.metrics.registry.get_sample_value
+    assert reloads("repogate_config_reloads_total", {"result": "ok"}) == 1
+    assert reloads("repogate_config_reloads_total", {"result": "failed"}) == 1
     assert kernel.read_table("repogate") is not None  # on_stop = keep
 
 
@@ -148,11 +149,16 @@ def test_start_does_not_touch_an_enforcing_table(tmp_path: Path, kernel: Any) ->
 
 def test_drift_is_repaired_by_the_probe(tmp_path: Path, kernel: Any) -> None:
     daemon = Daemon(write(tmp_path), backend_factory=lambda: kernel)
-    at(0.5, lambda: kernel.tables.pop("repogate"))
+
+    def delete_by_hand() -> None:  # as `nft delete table`: a commit, a new generation
+        kernel.tables.pop("repogate")
+        kernel.genid += 1
+
+    at(0.5, delete_by_hand)
     at(3.5, kill(signal.SIGTERM))
     assert daemon.run() == 0
     assert kernel.read_table("repogate") is not None
-    assert daemon.counters.drift_repairs >= 1
+    assert daemon.publisher.drift_repairs >= 1
 
 
 def test_metrics_are_served_while_running(tmp_path: Path, kernel: Any) -> None:

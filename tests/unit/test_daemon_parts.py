@@ -205,7 +205,7 @@ def test_a_list_shrinking_past_max_shrink_is_held_until_the_next_refresh_agrees(
     store = StateStore(tmp_path)
 
     def refresh(entries: NormalisedEntries, now: float, **kw: Any) -> Any:
-        result = SourceResult(entries, accepted=len(entries))
+        result = SourceResult(entries, accepted=len(entries), fetched_at=now)
         return resolve(
             config, results={"mdm": result}, failures={}, store=store, current=None, now=now, **kw
         )
@@ -219,6 +219,26 @@ def test_a_list_shrinking_past_max_shrink_is_held_until_the_next_refresh_agrees(
     assert refresh(big(30), 30).groups["mdm"] == big(30)  # 25 %: within the guard
 
 
+def test_a_reconcile_reusing_the_held_result_does_not_release_the_hold(tmp_path: Path) -> None:
+    """Only a later fetch agrees: a reconcile for another reason (a link event, another
+    source's refresh) passes the same result again and must not count as agreement."""
+    config = mdm_config(tmp_path)
+    store = StateStore(tmp_path)
+
+    def reconcile(result: SourceResult, now: float) -> Any:
+        return resolve(
+            config, results={"mdm": result}, failures={}, store=store, current=None, now=now
+        )
+
+    reconcile(SourceResult(big(100), accepted=100, fetched_at=0), 0)
+    shrunk = SourceResult(big(40), accepted=40, fetched_at=10)
+    assert reconcile(shrunk, 10).held
+    again = reconcile(shrunk, 15)  # the same fetch, reconciled again
+    assert again.held and again.groups["mdm"] == big(100)
+    later = reconcile(SourceResult(big(40), accepted=40, fetched_at=20), 20)
+    assert later.groups["mdm"] == big(40) and later.held == {}
+
+
 def test_a_different_second_shrink_is_held_again_and_accept_shrink_applies_it(
     tmp_path: Path,
 ) -> None:
@@ -226,7 +246,7 @@ def test_a_different_second_shrink_is_held_again_and_accept_shrink_applies_it(
     store = StateStore(tmp_path)
 
     def refresh(entries: NormalisedEntries, now: float, **kw: Any) -> Any:
-        result = SourceResult(entries, accepted=len(entries))
+        result = SourceResult(entries, accepted=len(entries), fetched_at=now)
         return resolve(
             config, results={"mdm": result}, failures={}, store=store, current=None, now=now, **kw
         )

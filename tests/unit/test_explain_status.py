@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from repogate.cli.explain import explain, format_explanation
-from repogate.cli.status import collect_status, format_status
+from repogate.cli.status import format_status
 from repogate.config import Config, parse_config
+from repogate.explain import explain, format_explanation
+from repogate.live import DestinationView, LiveView, SourceView, summary
 from repogate.model import DesiredState, KernelTable
-from repogate.reconcile import gather
+from tests.unit.conftest import desired_of
 
 Desired = Callable[..., DesiredState]
 KernelFrom = Callable[..., KernelTable]
 
 
 def _explain(config: Config, current: KernelTable | None, address: str) -> list[str]:
-    state = gather(config, current).desired
+    state = desired_of(config, current)
     return format_explanation(explain(config, state, current, address))
 
 
@@ -28,7 +28,7 @@ def _explain(config: Config, current: KernelTable | None, address: str) -> list[
 
 
 def test_explain_membership_and_reach(base_config: Config) -> None:
-    state = gather(base_config, None).desired
+    state = desired_of(base_config)
     result = explain(base_config, state, None, "10.20.3.4")
     (membership,) = result.memberships
     assert (membership.group, membership.entry, membership.set_name) == (
@@ -112,7 +112,7 @@ def test_explain_against_the_kernel(
 
 @pytest.mark.parametrize("address", ["10.20.0.0/16", "bitbucket.org", "", "10.0.0.999"])
 def test_explain_refuses_non_addresses(base_config: Config, address: str) -> None:
-    state = gather(base_config, None).desired
+    state = desired_of(base_config)
     with pytest.raises(ValueError):
         explain(base_config, state, None, address)
 
@@ -120,56 +120,69 @@ def test_explain_refuses_non_addresses(base_config: Config, address: str) -> Non
 # --- status ---
 
 
-def test_status_without_table(base_config: Config) -> None:
-    status = collect_status(base_config, gather(base_config, None))
-    assert not status.present
-    assert not status.in_sync
-    assert status.pending == {"add": 8, "delete": 0}
-    assert format_status(status) == [
-        "table inet repogate: not present (run `repogate sync`)",
-        "",
-        "egress addresses (Bitbucket's IP allowlist must contain these):",
-        "  none found",
-    ]
-
-
-def test_status_in_sync(base_config: Config, desired: Desired, kernel_from: KernelFrom) -> None:
-    current = kernel_from(
-        desired(base_config), {"allowed_bitbucket": (7, 700), "denied_bitbucket": (1, 60)}
+def _view(**changes: Any) -> LiveView:
+    base = LiveView(
+        table="repogate",
+        daemon_pid=4242,
+        sources=(
+            SourceView(
+                "laptops",
+                "group laptops",
+                "http",
+                "held back",
+                40,
+                held_previous=100,
+                held_proposed=40,
+                stale_since=1.0e9,
+            ),
+            SourceView(
+                "home",
+                "group home",
+                "dns",
+                "stale",
+                2,
+                error="timeout",
+                last_success=1.0e9,
+                expires_at=1.1e9,
+            ),
+            SourceView(
+                "destination:bitbucket:feed",
+                "destination bitbucket (feed)",
+                "feed",
+                "never fetched",
+                error="connection refused",
+            ),
+        ),
+        destinations=(DestinationView("bitbucket", 0, (22, 443)),),
+        groups={"laptops": 100, "home": 2},
+        sets={"client_home_v4_addr": 2},
+        in_sync=True,
+        started_at=1.0e9,
+        config="/etc/repogate/repogate.toml",
     )
-    status = collect_status(base_config, gather(base_config, current))
-    assert status.present and status.in_sync
-    assert {s.name: (s.elements, s.desired) for s in status.sets}["dest_bitbucket_v4"] == (2, 2)
-    assert [(g.name, len(g.entries)) for g in status.groups] == [("office", 4), ("vpn", 1)]
-    (counter,) = status.counters
-    assert (counter.allowed_packets, counter.allowed_bytes) == (7, 700)
-    assert (counter.denied_packets, counter.denied_bytes) == (1, 60)
-    document = json.loads(json.dumps(status.to_json()))
-    assert document["counters"]["bitbucket"]["denied"] == {"packets": 1, "bytes": 60}
-    lines = format_status(status)
-    assert lines[0] == "table inet repogate: in sync"
-    assert "  bitbucket: allowed 7 packets / 700 bytes, denied 1 packets / 60 bytes" in lines
+    return dataclasses.replace(base, **changes)
 
 
-def test_status_lists_sets_the_config_no_longer_wants(
-    config_dict: dict[str, Any], desired: Desired, kernel_from: KernelFrom
-) -> None:
-    current = kernel_from(desired(parse_config(config_dict)))
-    del config_dict["clients"][1]
-    config = parse_config(config_dict)
-    status = collect_status(config, gather(config, current))
-    assert not status.in_sync
-    sets = {s.name: (s.elements, s.desired) for s in status.sets}
-    assert sets["client_vpn_v4_net"] == (1, 0)
-    assert [g.name for g in status.groups] == ["office"]
+def test_status_says_what_the_running_daemon_sees() -> None:
+    text = "\n".join(format_status(_view(), {"allowed_bitbucket": [3, 180]}))
+    assert "daemon: running (pid 4242" in text
+    assert "bitbucket: NOT GATED" in text
+    assert "HELD BACK" in text and "from 100 to 40 entries" in text
+    assert "`repogate sync --accept-shrink`" in text
+    assert "group home: FAILING (timeout); serving its last known good entries" in text
+    assert "destination bitbucket (feed): never fetched successfully: connection refused" in text
+    assert "(feed) (feed)" not in text
+    assert "allowed 3 packets / 180 bytes" in text
 
 
-def test_status_samples_large_groups(
-    config_dict: dict[str, Any], desired: Desired, kernel_from: KernelFrom
-) -> None:
-    config_dict["clients"][1]["addresses"] = [f"10.30.0.{n}" for n in range(1, 26)]
-    config = parse_config(config_dict)
-    status = collect_status(config, gather(config, kernel_from(desired(config))))
-    line = next(line for line in format_status(status) if line.startswith("  vpn: "))
-    assert line.startswith("  vpn: 25 entries: 10.30.0.1 10.30.0.2 10.30.0.3 ")  # numeric order
-    assert line.endswith(" … and 15 more")
+def test_status_without_a_daemon_says_so() -> None:
+    text = "\n".join(format_status(_view(daemon_pid=None), {}))
+    assert "daemon: none runs on this table" in text
+
+
+def test_summary_puts_not_gated_first() -> None:
+    line = summary(_view())
+    assert line.startswith("NOT GATED: destination bitbucket")
+    assert "held back: laptops" in line and "stale: home" in line
+    gated = _view(destinations=(DestinationView("bitbucket", 19, (22, 443)),))
+    assert "NOT GATED" not in summary(gated)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,8 @@ from repogate.model import (
     SetChange,
 )
 from repogate.nft.backend import RecordingBackend
-from repogate.reconcile import check_owned, describe, sync
+from repogate.report import describe
+from tests.unit.conftest import TEST_MARK, engine_for, sync
 
 Desired = Callable[..., DesiredState]
 Json = dict[str, Any]
@@ -93,7 +95,8 @@ def assert_enforced(kernel: Any, state: DesiredState) -> None:
     for name, spec in state.sets.items():
         assert held["sets"][name]["elems"] == set(spec.elements), name
         assert held["sets"][name]["interval"] == spec.interval
-    assert set(held["counters"]) == set(state.counters)
+    assert set(held["counters"]) == {*state.counters, "repogate_owner"}
+    assert held["counters"]["repogate_owner"][2] == state.owner  # the owner mark
     assert set(held["chains"]) == {"gate", *state.hooks}
     assert len(held["chains"]["gate"]["rules"]) == len(state.rules)
     for hook in state.hooks:
@@ -191,6 +194,7 @@ def test_wrong_hook_and_wrong_set_type_are_repaired(base_config: Config, kernel:
     kernel.apply(
         [
             {"add": {"table": {"family": "inet", "name": "repogate"}}},
+            {"add": {"counter": {**ref("repogate_owner"), "comment": TEST_MARK}}},
             {"add": {"set": {**ref("client_office_v4_addr"), "type": "ipv6_addr"}}},
             {"add": {"chain": ref("gate")}},
             {
@@ -295,17 +299,37 @@ def _table(**chains: KernelChain) -> KernelTable:
     return KernelTable("repogate", {}, dict(chains), {})
 
 
-def test_check_owned() -> None:
-    check_owned(None)
-    check_owned(_table())  # an empty table: nothing to lose
-    check_owned(_table(gate=KernelChain("gate", None, None, None, None, ())))
-    with pytest.raises(NotOwnedTableError, match="no 'gate' chain"):
-        check_owned(_table(input=KernelChain("input", "input", "filter", 0, "drop", ())))
+def test_ownership_is_proven_by_the_mark_never_by_a_chain_name() -> None:
+    engine = engine_for(object())
+    engine.check_owned(None)
+    engine.check_owned(_table())  # an empty table: nothing to lose
+    # A foreign table with a chain called `gate` is not adopted: anyone can make one.
+    gate_only = _table(gate=KernelChain("gate", None, None, None, None, ()))
+    with pytest.raises(NotOwnedTableError, match=r"no owner mark.*chain gate"):
+        engine.check_owned(gate_only)
+    with pytest.raises(NotOwnedTableError, match="chain input"):
+        engine.check_owned(_table(input=KernelChain("input", "input", "filter", 0, "drop", ())))
     sets_only = KernelTable(
         "repogate", {"s": KernelSet("s", "ipv4_addr", False, frozenset())}, {}, {}
     )
-    with pytest.raises(NotOwnedTableError):
-        check_owned(sets_only)
+    with pytest.raises(NotOwnedTableError, match="set s"):
+        engine.check_owned(sets_only)
+    ours = dataclasses.replace(gate_only, owner=engine.owner_mark)
+    engine.check_owned(ours)
+    other = dataclasses.replace(gate_only, owner="repogate instance 0123456789abcdef")
+    with pytest.raises(NotOwnedTableError, match="another repogate instance"):
+        engine.check_owned(other)
+    # --adopt takes it over, naming what was there.
+    assert engine.check_owned(gate_only, adopt=True) == ("chain gate",)
+
+
+def test_adopt_takes_a_foreign_table_over_and_marks_it(base_config: Config) -> None:
+    foreign = _table(gate=KernelChain("gate", None, None, None, None, ()))
+    backend = RecordingBackend(table=foreign)
+    result = sync(base_config, backend, adopt=True)
+    assert result.applied
+    owner = [c for c in backend.transactions[0] if "counter" in c.get("add", {})]
+    assert any(c["add"]["counter"].get("comment") == engine_for(backend).owner_mark for c in owner)
 
 
 def test_sync_refuses_a_foreign_table(base_config: Config) -> None:

@@ -17,7 +17,10 @@ def test_render_layout(base_config: Config, desired: Desired) -> None:
     lines = render(state).splitlines()
     assert lines[0] == "table inet repogate {"
     assert lines[-1] == "}"
-    assert lines[1:5] == [
+    assert lines[1:8] == [
+        "\tcounter repogate_owner {",
+        '\t\tcomment "repogate instance test0instance"',
+        "\t}",
         "\tcounter allowed_bitbucket {",
         "\t}",
         "\tcounter denied_bitbucket {",

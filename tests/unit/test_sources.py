@@ -13,11 +13,14 @@ import pytest
 from repogate.addresses import Entry, InvalidEntryError, normalise, parse_entry, parse_many
 from repogate.cli.main import main
 from repogate.config import Config, FileClients, load_config, parse_config
+from repogate.config.presets import PRESETS
 from repogate.errors import ConfigError, SourceError
-from repogate.reconcile import describe_sources, gather, sync
-from repogate.sources import SourceResult
+from repogate.nft.backend import RecordingBackend
+from repogate.report import describe_sources
+from repogate.sources import SourceResult, specs
 from repogate.sources.file import FileSource
 from repogate.sources.formats import parse_json
+from tests.unit.conftest import sync
 
 
 def _with_file_group(config_dict: dict[str, Any], **group: object) -> dict[str, Any]:
@@ -176,12 +179,12 @@ def file_config(
 
 def test_file_group_entries_reach_the_sets(file_config: Callable[[str | None], Config]) -> None:
     config = file_config("10.50.0.1\n10.50.1.0/24\nnonsense\n")
-    gathered = gather(config, None)
-    assert gathered.desired.sets["client_mdm_v4_addr"].elements == {"10.50.0.1"}
-    assert gathered.desired.sets["client_mdm_v4_net"].elements == {"10.50.1.0/24"}
-    lines = describe_sources(config, gathered.collected)
+    result = sync(config, RecordingBackend(), dry_run=True)
+    assert result.desired.sets["client_mdm_v4_addr"].elements == {"10.50.0.1"}
+    assert result.desired.sets["client_mdm_v4_net"].elements == {"10.50.1.0/24"}
+    lines = describe_sources(result.generation, result.inputs, result.outcome)
     assert lines == [
-        f"group mdm (file {config.group('mdm').path}): 2 entries, 1 rejected "
+        f"group mdm (file {config.group('mdm').path}): 2 entries, 1 entry rejected "
         "(line 3: 'nonsense' is not an IP address or network)"
     ]
 
@@ -195,9 +198,9 @@ def test_failed_source_keeps_what_the_kernel_enforces(
     assert "mdm" in result.failures
     assert not any(change.name.startswith("client_mdm") for change in result.plan.set_changes)
     assert kernel.elements("repogate", "client_mdm_v4_addr") == {"10.50.0.1", "10.50.0.2"}
-    (line,) = describe_sources(config, result.gathered.collected)
-    assert line.startswith("group mdm (file): FAILED: cannot read ")
-    assert line.endswith("; keeping the entries enforced now")
+    (line,) = describe_sources(result.generation, result.inputs, result.outcome)
+    assert line.startswith("group mdm: FAILED: cannot read ")
+    assert "; serving its last known good entries, fetched " in line
 
 
 def test_failed_source_on_first_sync_allows_nobody_from_it(
@@ -282,3 +285,26 @@ def test_large_list_matches_entry_by_entry_parsing(tmp_path: Path) -> None:
     assert result.rejected_count == len(rejected)
     assert [r.where for r in result.rejected_sample] == rejected[: len(result.rejected_sample)]
     assert len(result.rejected_sample) == 10
+
+
+# --- fallbacks: what a source serves before it ever answered ---
+
+
+def test_only_a_presets_feed_carries_the_packaged_snapshot(tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "agent": {"state_dir": str(tmp_path)},
+            "destinations": {
+                "bitbucket": {"preset": "bitbucket"},
+                "own": {"hosts": ["git.example.com"], "ports": [22]},
+            },
+            "clients": [{"name": "office", "type": "static", "addresses": ["10.20.0.0/16"]}],
+        }
+    )
+    fallbacks = {spec.key: spec.fallback for spec in specs(config)}
+    assert fallbacks == {
+        "office": None,
+        "destination:bitbucket:hosts": None,
+        "destination:bitbucket:feed": PRESETS["bitbucket"].snapshot,
+        "destination:own:hosts": None,
+    }

@@ -1,249 +1,136 @@
-"""What is enforced right now: sets, client groups and counters as the kernel holds them."""
+"""`repogate status` as text: the live view (the daemon's, or one the CLI built)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from repogate.addresses import element_order
-from repogate.config import Config
-from repogate.nft import names
-from repogate.plan import FAMILIES, diff
-from repogate.reconcile import Gathered
-from repogate.sources import specs
-
-KINDS = ("addr", "net")
+from repogate.lastgood import KERNEL, NOTHING
+from repogate.live import EXPIRED, FAILING, HELD, NEVER_FETCHED, OK, STALE, LiveView, SourceView
+from repogate.report import plural
 
 
-@dataclass(frozen=True)
-class SetStatus:
-    name: str
-    elements: int
-    desired: int
-
-
-@dataclass(frozen=True)
-class GroupStatus:
-    name: str
-    entries: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class CounterStatus:
-    destination: str
-    allowed_packets: int
-    allowed_bytes: int
-    denied_packets: int
-    denied_bytes: int
-
-
-@dataclass(frozen=True)
-class SourceStatus:
-    """A dynamic group's source: fresh, or serving last known good since when."""
-
-    group: str
-    kind: str
-    ok: bool
-    error: str = ""
-    stale_since: float | None = None
-    expires_at: float | None = None
-    expired: bool = False
-    rejected: int = 0
-    held: str = ""  # "previous -> proposed" while a shrink is held back
-    entries: int = 0
-
-
-@dataclass(frozen=True)
-class Status:
-    table: str
-    present: bool
-    in_sync: bool
-    sets: tuple[SetStatus, ...] = ()
-    groups: tuple[GroupStatus, ...] = ()
-    counters: tuple[CounterStatus, ...] = ()
-    pending: dict[str, int] = field(default_factory=dict)
-    sources: tuple[SourceStatus, ...] = ()
-    egress: tuple[tuple[str, str], ...] = ()  # (interface, address)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "table": self.table,
-            "present": self.present,
-            "in_sync": self.in_sync,
-            "pending": self.pending,
-            "sets": {s.name: {"elements": s.elements, "desired": s.desired} for s in self.sets},
-            "groups": {
-                g.name: {"count": len(g.entries), "entries": list(g.entries)} for g in self.groups
-            },
-            "sources": {
-                src.group: {
-                    "type": src.kind,
-                    "ok": src.ok,
-                    "error": src.error,
-                    "stale_since": src.stale_since,
-                    "expires_at": src.expires_at,
-                    "expired": src.expired,
-                    "rejected": src.rejected,
-                    "entries": src.entries,
-                    "held_back": src.held or None,
-                }
-                for src in self.sources
-            },
-            "egress_addresses": [{"interface": i, "address": a} for i, a in self.egress],
-            "counters": {
-                c.destination: {
-                    "allowed": {"packets": c.allowed_packets, "bytes": c.allowed_bytes},
-                    "denied": {"packets": c.denied_packets, "bytes": c.denied_bytes},
-                }
-                for c in self.counters
-            },
-        }
-
-
-def collect_status(
-    config: Config, gathered: Gathered, egress: tuple[tuple[str, str], ...] = ()
-) -> Status:
-    desired = gathered.desired
-    current = gathered.current
-    plan = diff(desired, current)
-    pending = {"add": plan.elements_added, "delete": plan.elements_deleted}
-    sources = _sources(config, gathered)
-    if current is None:
-        return Status(desired.table, False, False, pending=pending, sources=sources, egress=egress)
-    set_names = sorted(set(current.sets) | set(desired.sets))
-    sets = tuple(
-        SetStatus(
-            name,
-            len(current.sets[name].elements) if name in current.sets else 0,
-            len(desired.sets[name].elements) if name in desired.sets else 0,
-        )
-        for name in set_names
-    )
-    groups = []
-    for group in config.clients:
-        held: set[str] = set()
-        for family in FAMILIES:
-            for kind in KINDS:
-                kernel_set = current.sets.get(names.client_set(group.name, family, kind))  # type: ignore[arg-type]
-                if kernel_set is not None:
-                    held |= kernel_set.elements
-        groups.append(GroupStatus(group.name, tuple(sorted(held, key=element_order))))
-    counters = []
-    for destination in sorted(config.destinations):
-        allowed = current.counters.get(names.counter(destination, "allowed"))
-        denied = current.counters.get(names.counter(destination, "denied"))
-        counters.append(
-            CounterStatus(
-                destination,
-                allowed.packets if allowed else 0,
-                allowed.bytes if allowed else 0,
-                denied.packets if denied else 0,
-                denied.bytes if denied else 0,
+def format_status(
+    view: LiveView,
+    counters: Mapping[str, Any],
+    egress: Sequence[tuple[str, str]] = (),
+) -> list[str]:
+    if view.daemon_pid is not None:
+        since = _when(view.started_at) if view.started_at else "?"
+        head = [f"daemon: running (pid {view.daemon_pid}, since {since}), config {view.config}"]
+    else:
+        head = [
+            "daemon: none runs on this table; what follows is what the kernel and "
+            "state_dir hold (network sources are not fetched by status)"
+        ]
+    if not view.present:
+        state = "not present (run `repogate sync`)"
+    else:
+        pending = view.pending
+        state = (
+            "in sync"
+            if view.in_sync
+            else (
+                f"out of sync: {pending.get('add', 0)} to add, {pending.get('delete', 0)} to delete"
             )
         )
-    return Status(
-        desired.table,
-        True,
-        plan.is_empty,
-        sets,
-        tuple(groups),
-        tuple(counters),
-        pending,
-        sources,
-        egress,
-    )
-
-
-def _sources(config: Config, gathered: Gathered) -> tuple[SourceStatus, ...]:
-    found = []
-    for spec in specs(config):
-        if not spec.dynamic:
-            continue
-        result = gathered.collected.results.get(spec.key)
-        stale = gathered.stale.get(spec.key)
-        hold = gathered.held.get(spec.key)
-        error = gathered.collected.failures.get(spec.key, "")
-        if result is None and not error and stale is None:
-            fetched = gathered.last_good.get(spec.key)
-            when = _when(fetched) if fetched is not None else "never"
-            error = f"network source, not fetched by status; last good fetch: {when}"
-        found.append(
-            SourceStatus(
-                group=spec.key,
-                kind=spec.kind,
-                ok=result is not None,
-                error=error,
-                stale_since=stale.since if stale else None,
-                expires_at=stale.expires_at if stale else None,
-                expired=stale.expired if stale else False,
-                rejected=result.rejected_count if result else 0,
-                held=f"{hold.previous} -> {hold.proposed}" if hold else "",
-                entries=len(result.entries) if result else 0,
+    lines = [f"table inet {view.table}: {state}", *head]
+    lines += [f"  {note}" for note in view.notes]
+    if view.last_error:
+        lines.append(f"  reconcile failing: {view.last_error}")
+    lines += ["", "destinations:"]
+    for destination in view.destinations:
+        ports = ", ".join(map(str, destination.ports))
+        if destination.gated:
+            count = plural(destination.addresses, "address", "addresses")
+            lines.append(f"  {destination.name}: gated on TCP {ports} ({count} and networks)")
+        else:
+            lines.append(
+                f"  {destination.name}: NOT GATED: no addresses, so traffic to it on TCP "
+                f"{ports} is not checked at all"
             )
+    lines += ["", "client groups:"]
+    for group, size in sorted(view.groups.items()):
+        lines.append(f"  {group}: {plural(size, 'entry', 'entries')}")
+    if view.sources:
+        lines += ["", "sources:"]
+        lines += [f"  {_source_line(source)}" for source in view.sources]
+    lines += ["", "sets:"]
+    width = max((len(name) for name in view.sets), default=10)
+    for name, size in sorted(view.sets.items()):
+        lines.append(f"  {name:<{width}}  {size:>8} elements")
+    lines += ["", "egress addresses (Bitbucket's IP allowlist must contain these):"]
+    lines += [f"  {interface} {address}" for interface, address in egress] or ["  none found"]
+    lines += ["", "traffic (since the table was created):"]
+    lines += _traffic(counters)
+    return lines
+
+
+# What a never-fetched source serves, by lastgood.Staleness.origin; a snapshot reads
+# "serving the snapshot 2026-10-09" through the default.
+NEVER_FETCHED_SERVING = {
+    KERNEL: "serving the entries the kernel enforced (adopted, never fetched)",
+    NOTHING: "serving nothing",
+    "": "serving nothing yet",
+}
+
+
+def _source_line(source: SourceView) -> str:
+    head = f"{source.label}"
+    if source.state == OK:
+        text = f"{head}: ok, {plural(source.entries, 'entry', 'entries')}"
+        if source.rejected:
+            sample = "; ".join(source.rejected_sample)
+            text += f", {plural(source.rejected, 'entry', 'entries')} rejected ({sample})"
+        return text + (
+            f"; last success {_when(source.last_success)}" if source.last_success else ""
         )
-    return tuple(found)
+    if source.state == HELD:
+        return (
+            f"{head}: HELD BACK since {_when(source.stale_since)}: it shrank from "
+            f"{source.held_previous} to {source.held_proposed} entries, more than max_shrink; "
+            "the previous entries stay enforced until a refresh agrees, or "
+            "`repogate sync --accept-shrink`"
+        )
+    if source.state == EXPIRED:
+        return (
+            f"{head}: EXPIRED at {_when(source.expires_at)}: its last known good entries "
+            f"are past max_stale, the group admits nobody ({source.error})"
+        )
+    if source.state == NEVER_FETCHED:
+        why = f": {source.error}" if source.error else ""
+        serving = NEVER_FETCHED_SERVING.get(source.origin, f"serving the {source.origin}")
+        return f"{head}: never fetched successfully{why}; {serving}"
+    if source.state in (STALE, FAILING):
+        until = _when(source.expires_at) if source.expires_at is not None else "it recovers"
+        return (
+            f"{head}: FAILING ({source.error}); serving its last known good entries from "
+            f"{_when(source.last_success)} until {until}"
+        )
+    return f"{head}: {source.state}"
+
+
+def _traffic(counters: Mapping[str, Any]) -> list[str]:
+    if "error" in counters:
+        return [f"  cannot read: {counters['error']}"]
+    found: dict[str, dict[str, tuple[int, int]]] = {}
+    for name, value in counters.items():
+        verdict, _, destination = name.partition("_")
+        if verdict in ("allowed", "denied") and destination:
+            found.setdefault(destination, {})[verdict] = (int(value[0]), int(value[1]))
+    lines = []
+    for destination, verdicts in sorted(found.items()):
+        allowed = verdicts.get("allowed", (0, 0))
+        denied = verdicts.get("denied", (0, 0))
+        lines.append(
+            f"  {destination}: allowed {allowed[0]} packets / {allowed[1]} bytes, "
+            f"denied {denied[0]} packets / {denied[1]} bytes"
+        )
+    return lines or ["  no counters"]
 
 
 def _when(timestamp: float | None) -> str:
     if timestamp is None:
-        return "?"
+        return "never"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
-
-
-def format_status(status: Status, sample: int = 10) -> list[str]:
-    if not status.present:
-        lines = [f"table inet {status.table}: not present (run `repogate sync`)"]
-        return lines + _format_sources_and_egress(status)
-    state = (
-        "in sync"
-        if status.in_sync
-        else (f"out of sync: {status.pending['add']} to add, {status.pending['delete']} to delete")
-    )
-    lines = [f"table inet {status.table}: {state}", "", "sets:"]
-    width = max((len(s.name) for s in status.sets), default=10)
-    for s in status.sets:
-        note = "" if s.elements == s.desired else f"  (config wants {s.desired})"
-        lines.append(f"  {s.name:<{width}}  {s.elements:>8} elements{note}")
-    lines += ["", "client groups:"]
-    for g in status.groups:
-        shown = " ".join(g.entries[:sample])
-        more = f" … and {len(g.entries) - sample} more" if len(g.entries) > sample else ""
-        lines.append(f"  {g.name}: {len(g.entries)} entries: {shown}{more}")
-    lines += _format_sources_and_egress(status)
-    lines += ["", "traffic (since the table was created):"]
-    for c in status.counters:
-        lines.append(
-            f"  {c.destination}: allowed {c.allowed_packets} packets / {c.allowed_bytes} bytes, "
-            f"denied {c.denied_packets} packets / {c.denied_bytes} bytes"
-        )
-    return lines
-
-
-def _format_sources_and_egress(status: Status) -> list[str]:
-    lines: list[str] = []
-    if status.sources:
-        lines += ["", "sources:"]
-        for src in status.sources:
-            if src.ok and src.held:
-                lines.append(
-                    f"  {src.group} ({src.kind}): HELD BACK (shrank {src.held} entries, "
-                    "more than max_shrink): `repogate sync --accept-shrink` to apply"
-                )
-            elif src.ok:
-                note = f", {src.rejected} entries rejected" if src.rejected else ""
-                lines.append(f"  {src.group} ({src.kind}): ok, {src.entries} entries{note}")
-            elif src.stale_since is None:
-                lines.append(f"  {src.group} ({src.kind}): {src.error}")
-            else:
-                since = _when(src.stale_since)
-                until = _when(src.expires_at) if src.expires_at is not None else "it recovers"
-                state = (
-                    f"EXPIRED at {until}: admits nobody"
-                    if src.expired
-                    else f"STALE since {since}, serving last known good until {until}"
-                )
-                lines.append(f"  {src.group} ({src.kind}): {state} ({src.error})")
-    lines += ["", "egress addresses (Bitbucket's IP allowlist must contain these):"]
-    lines += [f"  {i} {a}" for i, a in status.egress] or ["  none found"]
-    return lines

@@ -8,18 +8,17 @@ from __future__ import annotations
 import logging
 
 from repogate.addresses import element_order
-from repogate.enforcer import Outcome
+from repogate.engine import Outcome
 from repogate.lastgood import ShrinkHold, Staleness
 from repogate.logs import event
-from repogate.model import DesiredState
 
 log = logging.getLogger("repogate")
 LOG_SAMPLE = 50  # entries listed per change in a log line (the count is always exact)
 
 
-def log_changes(outcome: Outcome, desired: DesiredState, reason: str) -> None:
+def log_changes(outcome: Outcome, reason: str) -> None:
     """One line per changed set (with its group or destination), and one for the commit."""
-    plan = outcome.plan
+    plan, desired = outcome.plan, outcome.desired
     if plan.create_table or plan.rewrite_rules:
         event(
             log,
@@ -94,7 +93,3 @@ def announce_expiries(before: dict[str, Staleness], now: dict[str, Staleness]) -
 def sample(items: list[str]) -> str:
     shown = " ".join(items[:LOG_SAMPLE])
     return shown + (f" … {len(items) - LOG_SAMPLE} more" if len(items) > LOG_SAMPLE else "")
-
-
-def plural(count: int, one: str, many: str | None = None) -> str:
-    return f"{count} {one if count == 1 else (many or one + 's')}"

@@ -3,6 +3,10 @@
 Label values stay bounded: sets, groups, sources and destinations come from the
 config, never one per client address. Traffic counters are read from the owned
 table's named counters when Prometheus scrapes, so they are the kernel's own.
+Gauges the daemon replaces as a whole (set and group sizes, egress addresses,
+holds, destination sizes) are plain dicts exported at scrape time by a collector
+of our own: prometheus-client has no public way to list a gauge's series, and
+reading its private attributes would break on some release.
 
 The endpoint is a small WSGI server of our own around prometheus-client's
 exposition, so TLS and basic auth work the same on Debian's prometheus-client
@@ -12,19 +16,21 @@ exposition, so TLS and basic auth work the same on Debian's prometheus-client
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import logging
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from repogate import __version__
 from repogate.config.schema import MetricsConfig
@@ -34,6 +40,7 @@ from repogate.model import CounterValue
 log = logging.getLogger(__name__)
 VERDICTS = ("allowed", "denied")
 DNS_OUTCOMES = ("ok", "nodata", "nxdomain", "servfail", "refused", "timeout", "error")
+DESTINATION_ADDRESSES = "repogate_destination_addresses"
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -47,15 +54,33 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.set_elements = Gauge(
-            "repogate_set_elements", "Elements in each set of the owned table.", ["set"], registry=r
+        self._replaced = _ReplacedGauges(
+            [
+                _Family(
+                    "repogate_set_elements", "Elements in each set of the owned table.", ("set",)
+                ),
+                _Family(
+                    "repogate_group_entries", "Entries enforced for each client group.", ("group",)
+                ),
+                _Family(
+                    DESTINATION_ADDRESSES,
+                    "Addresses and networks in each destination's sets (both families); "
+                    "0: the destination gates nothing.",
+                    ("destination",),
+                ),
+                _Family(
+                    "repogate_shrink_held",
+                    "1 while a refresh that shrank more than max_shrink is held back.",
+                    ("source",),
+                ),
+                _Family(
+                    "repogate_egress_address_info",
+                    "The host's egress addresses (Bitbucket's IP allowlist must contain them).",
+                    ("interface", "address"),
+                ),
+            ]
         )
-        self.group_entries = Gauge(
-            "repogate_group_entries",
-            "Entries enforced for each client group.",
-            ["group"],
-            registry=r,
-        )
+        r.register(self._replaced)
         self.source_up = Gauge(
             "repogate_source_up",
             "1 if the source's last refresh succeeded.",
@@ -105,23 +130,11 @@ class Metrics:
         self.dns_queries = Counter(
             "repogate_dns_queries", "DNS lookups by outcome.", ["result"], registry=r
         )
-        self.shrink_held = Gauge(
-            "repogate_shrink_held",
-            "1 while a refresh that shrank more than max_shrink is held back.",
-            ["source"],
-            registry=r,
-        )
         self.drift_repairs = Counter(
             "repogate_drift_repairs", "Repairs of the owned table changed by others.", registry=r
         )
         self.config_reloads = Counter(
             "repogate_config_reloads", "Config reloads by result.", ["result"], registry=r
-        )
-        self.egress_address = Gauge(
-            "repogate_egress_address_info",
-            "The host's egress addresses (Bitbucket's IP allowlist must contain them).",
-            ["interface", "address"],
-            registry=r,
         )
         self.reload_ok = Gauge(
             "repogate_config_last_reload_successful",
@@ -153,24 +166,80 @@ class Metrics:
         self.registry.register(_TrafficCollector(read))
 
     def set_sizes(self, sizes: Mapping[str, int]) -> None:
-        _replace(self.set_elements, {(name,): size for name, size in sizes.items()})
+        self._replaced.replace("repogate_set_elements", [((n,), v) for n, v in sizes.items()])
 
     def group_sizes(self, sizes: Mapping[str, int]) -> None:
-        _replace(self.group_entries, {(name,): size for name, size in sizes.items()})
+        self._replaced.replace("repogate_group_entries", [((n,), v) for n, v in sizes.items()])
+
+    def destination_sizes(self, sizes: Mapping[str, int]) -> None:
+        """Addresses and networks per destination, both families: 0 means NOT GATED."""
+        self._replaced.replace(DESTINATION_ADDRESSES, [((n,), v) for n, v in sizes.items()])
 
     def egress(self, addresses: Iterable[tuple[str, str]]) -> None:
-        _replace(self.egress_address, dict.fromkeys(addresses, 1))
+        self._replaced.replace("repogate_egress_address_info", [(a, 1) for a in addresses])
 
     def holds(self, sources: Iterable[str], held: Iterable[str]) -> None:
         held_set = set(held)
-        _replace(self.shrink_held, {(s,): int(s in held_set) for s in sources})
+        self._replaced.replace("repogate_shrink_held", [((s,), s in held_set) for s in sources])
 
     def forget_sources(self, keep: set[str]) -> None:
         """Drop the series of sources no longer configured."""
         for gauge in (self.source_up, self.source_last_success, self.source_stale):
-            for labels in _label_values(gauge):
-                if labels[0] not in keep:
-                    gauge.remove(*labels)
+            for source in _sources_of(gauge) - keep:
+                # Gone already if another thread removed it (0.16 raises KeyError then).
+                with contextlib.suppress(KeyError):
+                    gauge.remove(source)
+
+
+def _sources_of(gauge: Gauge) -> set[str]:
+    """The `source` label values a gauge has series for, through its public collect()."""
+    return {
+        sample.labels["source"]
+        for family in gauge.collect()
+        for sample in family.samples
+        if "source" in sample.labels
+    }
+
+
+@dataclass
+class _Family:
+    """One gauge the daemon replaces as a whole: its series, by label values."""
+
+    name: str
+    help: str
+    labels: tuple[str, ...]
+    values: dict[tuple[str, ...], float] = field(default_factory=dict)
+
+    def export(self, with_samples: bool) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(self.name, self.help, labels=list(self.labels))
+        if with_samples:
+            for labels, value in sorted(self.values.items()):
+                family.add_metric(list(labels), value)
+        return family
+
+
+class _ReplacedGauges:
+    """Gauges set whole by the daemon, exported at scrape time (a custom collector)."""
+
+    def __init__(self, families: Iterable[_Family]) -> None:
+        self._families = {family.name: family for family in families}
+        self._lock = threading.Lock()  # scrapes run in the metrics server's threads
+
+    def replace(self, name: str, series: Iterable[tuple[tuple[str, ...], float]]) -> None:
+        """Set a gauge to exactly these series (label values, value); others vanish."""
+        values = {labels: float(value) for labels, value in series}
+        with self._lock:
+            self._families[name].values = values
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            exported = [family.export(with_samples=True) for family in self._families.values()]
+        yield from exported
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # The names, so the registry refuses a second metric of the same name.
+        for family in self._families.values():
+            yield family.export(with_samples=False)
 
 
 class _TrafficCollector:
@@ -203,21 +272,6 @@ class _TrafficCollector:
 
     def describe(self) -> Iterable[CounterMetricFamily]:
         return []  # unchecked: families are built at each scrape
-
-
-def _label_values(metric: Any) -> list[tuple[str, ...]]:
-    # prometheus-client keeps children in `_metrics`; there is no public listing.
-    with metric._lock:
-        return list(metric._metrics)
-
-
-def _replace(gauge: Gauge, values: Mapping[tuple[str, ...], float]) -> None:
-    """Set a labelled gauge to exactly these series (old label sets are removed)."""
-    for labels in _label_values(gauge):
-        if labels not in values:
-            gauge.remove(*labels)
-    for labels, value in values.items():
-        gauge.labels(*labels).set(value)
 
 
 # -- the endpoint -----------------------------------------------------------------------

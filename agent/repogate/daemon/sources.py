@@ -7,6 +7,7 @@ failures. A reload keeps the state of every source whose config did not change
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -15,10 +16,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from repogate.config import Config
-from repogate.daemon.events import plural
 from repogate.daemon.metrics import Metrics
+from repogate.engine import Generation, Inputs
 from repogate.errors import SourceError
+from repogate.lastgood import KERNEL
 from repogate.logs import event
+from repogate.report import plural
 from repogate.sources import LOCAL_KINDS, Source, SourceResult, SourceSpec, specs
 from repogate.state import StateStore
 
@@ -38,13 +41,6 @@ class SourceState:
     signature: object | None = None
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    specs: list[SourceSpec]
-    results: dict[str, SourceResult]
-    failures: dict[str, str]
-
-
 class SourceTable:
     def __init__(self, metrics: Metrics, clock: Callable[[], float] = time.time) -> None:
         self.metrics = metrics
@@ -53,8 +49,9 @@ class SourceTable:
         self._states: dict[str, SourceState] = {}
         self._resolver: Resolves | None = None
         self._resolver_settings: object | None = None
+        self.last_success: dict[str, float] = {}  # real fetches only, seeded from state
 
-    def configure(self, config: Config, store: StateStore) -> None:
+    def configure(self, config: Config, store: StateStore) -> Generation:
         """One state per source of `config`; unchanged sources keep theirs."""
         found = specs(config)
         if any(spec.kind in ("dns", "hosts") for spec in found):
@@ -68,6 +65,7 @@ class SourceTable:
                     previous if keep and previous else (SourceState(spec, spec.make()))
                 )
         self._seed_metrics(store)
+        return Generation(config, tuple(found))
 
     def _shared_resolver(self, config: Config) -> Resolves:
         """One resolver for every DNS source, remade when [resolver] changes."""
@@ -84,8 +82,9 @@ class SourceTable:
         self.metrics.known_sources(spec.key for spec in dynamic)
         for spec in dynamic:
             record = store.get(spec.key, spec.fingerprint)
-            if record is not None and record.origin != "kernel":
+            if record is not None and record.origin != KERNEL:  # adoptions are not fetches
                 self.metrics.source_last_success.labels(source=spec.key).set(record.fetched_at)
+                self.last_success.setdefault(spec.key, record.fetched_at)
 
     # -- what there is ---------------------------------------------------------------------
 
@@ -93,7 +92,7 @@ class SourceTable:
         with self._lock:
             return [state.spec for state in self._states.values()]
 
-    def keys(self, *, local_only: bool = False) -> list[str]:
+    def source_keys(self, *, local_only: bool = False) -> list[str]:
         return [s.key for s in self.specs() if not local_only or s.kind in LOCAL_KINDS]
 
     def unseen_hosts(self, store: StateStore) -> list[str]:
@@ -118,11 +117,13 @@ class SourceTable:
             state = self._states.get(key)
             return state.result.refresh_in if state and state.result else None
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, generation: Generation) -> Inputs:
+        """What the generation's sources last said (a reload in between cannot make a
+        key go missing: sources of another generation are simply not there)."""
+        keys = {spec.key for spec in generation.specs}
         with self._lock:
-            states = list(self._states.items())
-        return Snapshot(
-            specs=[state.spec for _, state in states],
+            states = [(key, state) for key, state in self._states.items() if key in keys]
+        return Inputs(
             results={key: state.result for key, state in states if state.result is not None},
             failures={key: state.failure for key, state in states if state.failure is not None},
         )
@@ -153,6 +154,7 @@ class SourceTable:
                 self._count_dns(state.source)
         except SourceError as exc:
             return self._failed(key, state, exc)
+        result = dataclasses.replace(result, fetched_at=self.clock())
         with self._lock:
             recovered = state.failure is not None
             changed = state.result is None or state.result.entries != result.entries
@@ -170,8 +172,10 @@ class SourceTable:
                 source=key,
                 rejected=result.rejected_count,
             )
+        now = self.clock()
+        self.last_success[key] = now
         self.metrics.source_up.labels(source=key).set(1)
-        self.metrics.source_last_success.labels(source=key).set(self.clock())
+        self.metrics.source_last_success.labels(source=key).set(now)
         if result.rejected_count and changed:
             self.metrics.source_rejected.labels(source=key).inc(result.rejected_count)
         return changed or recovered or held

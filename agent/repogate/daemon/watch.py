@@ -6,7 +6,8 @@ addresses (which Bitbucket's IP allowlist must contain) and the boot ruleset
 from __future__ import annotations
 
 import logging
-import time
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from repogate.daemon.metrics import Metrics
@@ -51,35 +52,55 @@ class EgressWatch:
         return found
 
 
-class BootRuleset:
-    """state_dir/ruleset.nft, kept equal to the enforced table (see render_boot)."""
+class BootWriter:
+    """state_dir/ruleset.nft, kept equal to the enforced table (see render_boot).
 
-    def __init__(self, path: Path) -> None:
+    Written by its own thread, at most every REWRITE_EVERY seconds while changes
+    keep coming, so rendering 100,000 sorted entries never sits on the reconcile
+    path; `flush()` writes at once (the stop).
+    """
+
+    def __init__(self, path: Path, last_applied: Callable[[], DesiredState | None]) -> None:
         self.path = path
-        self._dirty = False
-        self._written = 0.0
+        self._last_applied = last_applied
+        self._dirty = threading.Event()
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()  # one writer at a time: the thread or flush()
+        self._thread = threading.Thread(target=self._run, name="boot-ruleset", daemon=True)
+
+    def start(self) -> None:
+        if not self.path.exists():
+            self._dirty.set()
+        self._thread.start()
 
     def mark(self) -> None:
-        self._dirty = True
+        self._dirty.set()
 
-    @property
-    def dirty(self) -> bool:
-        return self._dirty
-
-    def write(self, desired: DesiredState | None, *, force: bool = False) -> None:
-        """Rewrite after a change, at most every REWRITE_EVERY seconds unless `force`."""
-        if desired is None or not (self._dirty or force):
-            return
-        recent = time.monotonic() - self._written < REWRITE_EVERY
-        if not force and self.path.exists() and recent:
-            return  # written recently: the next reconcile or the stop writes it
-        try:
-            write_atomically(self.path, render_boot(desired))
-        except OSError as exc:
-            log.warning("could not write %s: %s", self.path, exc)
-            return
-        self._written = time.monotonic()
-        self._dirty = False
+    def flush(self) -> None:
+        """Write now if anything changed since the last write; stop the thread."""
+        self._stopped.set()
+        if self._dirty.is_set() or not self.path.exists():
+            self._write()
 
     def remove(self) -> None:
+        self._stopped.set()
         self.path.unlink(missing_ok=True)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            self._dirty.wait(timeout=1.0)
+            if self._stopped.is_set() or not self._dirty.is_set():
+                continue
+            self._write()
+            self._stopped.wait(REWRITE_EVERY)
+
+    def _write(self) -> None:
+        with self._lock:
+            desired = self._last_applied()
+            if desired is None:
+                return
+            self._dirty.clear()
+            try:
+                write_atomically(self.path, render_boot(desired))
+            except OSError as exc:
+                log.warning("could not write %s: %s", self.path, exc)

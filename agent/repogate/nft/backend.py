@@ -24,6 +24,17 @@ from repogate.nft.query import NetlinkQuery
 _EPERM_TEXT = "Operation not permitted"
 
 
+class TableWatch(Protocol):
+    """A running report of other processes' commits to one table (nft.monitor)."""
+
+    @property
+    def running(self) -> bool: ...
+
+    def set_table(self, table: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Backend(Protocol):
     def read_table(self, table: str) -> KernelTable | None:
         """The owned table as the kernel holds it, or None if it does not exist."""
@@ -43,6 +54,11 @@ class Backend(Protocol):
 
     def chain_comments(self, table: str, chain: str) -> tuple[str | None, ...] | None:
         """The comments of a chain's rules, in order; None if the chain is missing."""
+        ...
+
+    def watch(self, table: str, on_foreign_change: Callable[[str], None]) -> TableWatch | None:
+        """Report other processes' commits to `table` as they happen; None where this
+        backend cannot (the caller then watches the generation id instead)."""
         ...
 
 
@@ -90,6 +106,13 @@ class NftBackend:
 
     def chain_comments(self, table: str, chain: str) -> tuple[str | None, ...] | None:
         return self._query.chain_comments(table, chain)
+
+    def watch(self, table: str, on_foreign_change: Callable[[str], None]) -> TableWatch | None:
+        from repogate.nft.monitor import TableMonitor  # noqa: PLC0415 - daemon only
+
+        monitor = TableMonitor(table, on_foreign_change, own_tasks=self.committing_tasks)
+        monitor.start()  # NftError / NftPermissionError: the caller falls back
+        return monitor
 
     def apply(self, commands: list[Json]) -> float:
         if not commands:
@@ -166,6 +189,9 @@ class RecordingBackend:
 
     def generation(self) -> int:
         return len(self.transactions)
+
+    def watch(self, table: str, on_foreign_change: Callable[[str], None]) -> TableWatch | None:
+        return None
 
     def chain_comments(self, table: str, chain: str) -> tuple[str | None, ...] | None:
         if self.table is None or chain not in self.table.chains:

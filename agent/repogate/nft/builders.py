@@ -40,6 +40,7 @@ def build_plan(plan: Plan, desired: DesiredState) -> list[Json]:
         commands.append({"delete": {"set": _ref(table, name)}})
     for name in plan.delete_counters:
         commands.append({"delete": {"counter": _ref(table, name)}})
+    commands += build_owner(table, plan)  # first, as render_boot writes it: same listing
     for name in plan.add_counters:
         commands.append({"add": {"counter": _ref(table, name)}})
     for name in plan.add_sets:
@@ -51,6 +52,16 @@ def build_plan(plan: Plan, desired: DesiredState) -> list[Json]:
     if plan.rewrite_rules:
         commands += build_rules(desired)
     return commands
+
+
+def build_owner(table: str, plan: Plan) -> list[Json]:
+    """The owner mark; a counter's comment cannot change in place, so a new mark
+    replaces the old one within the transaction."""
+    if plan.owner is None:
+        return []
+    owner = _ref(table, names.OWNER_COUNTER)
+    commands: list[Json] = [{"delete": {"counter": owner}}] if plan.replace_owner else []
+    return [*commands, {"add": {"counter": {**owner, "comment": plan.owner}}}]
 
 
 def build_set(table: str, spec: SetSpec) -> Json:

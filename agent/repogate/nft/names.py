@@ -8,6 +8,7 @@ table inet <table>
   set dest_<dest>_v4 / dest_<dest>_v6                 interval
   chain gate                   the allow and deny rules
   chain forward / output       base chains that only jump to gate
+  counter repogate_owner       comment "repogate instance <id>": the ownership mark
 """
 
 from __future__ import annotations
@@ -20,6 +21,22 @@ from repogate.model import DesiredState
 SetKind = Literal["addr", "net"]
 Verdict = Literal["allowed", "denied"]
 GATE_CHAIN = "gate"
+# The ownership mark: a named counter whose comment carries this repogate's instance
+# id (kept in state_dir). nft 1.0.6's JSON drops table, chain and set comments but
+# keeps counter comments, so a counter is where a mark survives a listing.
+OWNER_COUNTER = "repogate_owner"
+OWNER_PREFIX = "repogate instance "
+
+
+def owner_comment(instance_id: str) -> str:
+    return f"{OWNER_PREFIX}{instance_id}"
+
+
+def owner_id(comment: str | None) -> str | None:
+    """The instance id in an owner mark, or None if the text is not one."""
+    if comment is None or not comment.startswith(OWNER_PREFIX):
+        return None
+    return comment[len(OWNER_PREFIX) :].strip() or None
 
 
 def client_set(group: str, family: Family, kind: SetKind) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from repogate.model import CounterValue, KernelChain, KernelSet, KernelTable
+from repogate.nft.names import OWNER_COUNTER
 
 
 def parse_table(name: str, listing: Iterable[dict[str, Any]]) -> KernelTable:
@@ -15,6 +16,7 @@ def parse_table(name: str, listing: Iterable[dict[str, Any]]) -> KernelTable:
     comments: dict[str, list[str | None]] = {}
     counters: dict[str, CounterValue] = {}
     others: list[tuple[str, str]] = []
+    owner: str | None = None
     for item in listing:
         if "set" in item:
             body = item["set"]
@@ -30,6 +32,8 @@ def parse_table(name: str, listing: Iterable[dict[str, Any]]) -> KernelTable:
         elif "rule" in item:
             rule = item["rule"]
             comments.setdefault(rule["chain"], []).append(rule.get("comment"))
+        elif "counter" in item and item["counter"].get("name") == OWNER_COUNTER:
+            owner = str(item["counter"].get("comment", ""))
         elif "counter" in item:
             body = item["counter"]
             counters[body["name"]] = CounterValue(
@@ -55,6 +59,7 @@ def parse_table(name: str, listing: Iterable[dict[str, Any]]) -> KernelTable:
         },
         counters=counters,
         others=tuple(sorted(others)),
+        owner=owner,
     )
 
 

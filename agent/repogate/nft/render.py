@@ -24,6 +24,8 @@ def render_boot(desired: DesiredState) -> str:
 def render(desired: DesiredState) -> str:
     digest = desired.rules_digest
     lines = [f"table {FAMILY} {desired.table} {{"]
+    if desired.owner:
+        lines += [f"\tcounter {names.OWNER_COUNTER} {{", f'\t\tcomment "{desired.owner}"', "\t}"]
     for counter in desired.counters:
         lines += [f"\tcounter {counter} {{", "\t}"]
     for spec in desired.sets.values():

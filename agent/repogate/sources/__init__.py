@@ -5,11 +5,15 @@ knows where entries came from. `specs(config)` lists every source a config
 needs, with what to do when it fails: a client group's last known good expires
 after `max_stale` (its clients are then refused), a destination's never does
 (dropping a destination address would stop gating traffic to it).
+A preset's feed carries a fallback, the packaged snapshot of its ranges, served
+until the feed first answers, so a first start without network still gates.
 A source that fails raises SourceError.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -24,6 +28,7 @@ from repogate.config import (
     HttpClients,
     StaticClients,
 )
+from repogate.config.presets import PRESETS, Snapshot
 from repogate.errors import SourceError
 
 if TYPE_CHECKING:  # sources.dns imports this module; only its Protocol is needed here
@@ -39,6 +44,9 @@ class SourceResult:
     origin: str = ""
     # Seconds until the source wants asking again (a DNS TTL); None: its fixed interval.
     refresh_in: float | None = None
+    # When it was read (set by whoever fetched): a shrink hold is released only by a
+    # later fetch that agrees, never by a reconcile that reuses this result.
+    fetched_at: float = 0.0
 
 
 class Source(Protocol):
@@ -67,6 +75,8 @@ class SourceSpec:
     # The config it was made from: a spec equal to the running one keeps its source
     # (and a DNS source its cache) across a reload.
     settings: object = field(default=None, repr=False)
+    # Served while the source has never answered (no record in state_dir); None: nothing.
+    fallback: Snapshot | None = field(default=None, repr=False)
 
     @property
     def dynamic(self) -> bool:
@@ -177,9 +187,23 @@ def _destination_specs(
                 max_shrink=config.agent.max_shrink,
                 make=make_feed,
                 settings=feed,
+                fallback=_snapshot(destination),
             )
         )
     return found
+
+
+def _snapshot(destination: Destination) -> Snapshot | None:
+    """The preset's packaged ranges, if the feed is still the preset's (same filter)."""
+    preset = PRESETS.get(destination.preset or "")
+    feed = destination.feed
+    if preset is None or feed is None:
+        return None
+    same_filter = (feed.products, feed.directions) == (
+        preset.feed_products,
+        preset.feed_directions,
+    )
+    return preset.snapshot if same_filter else None
 
 
 def _resolver(config: Config, shared: Resolves | None) -> Resolves:
@@ -220,7 +244,7 @@ def collect(config: Config, *, network: bool = True) -> Collected:
     failures: dict[str, str] = {}
     for spec in all_specs:
         try:
-            results[spec.key] = spec.make().fetch()
+            results[spec.key] = dataclasses.replace(spec.make().fetch(), fetched_at=time.time())
         except SourceError as exc:
             failures[spec.key] = str(exc)
     return Collected(results, failures)

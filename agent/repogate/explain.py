@@ -119,14 +119,20 @@ def _in_kernel(current: KernelTable | None, set_name: str, entry: str) -> bool |
     return kernel_set is not None and entry in kernel_set.elements
 
 
-def format_explanation(explanation: Explanation) -> list[str]:
+def format_explanation(
+    explanation: Explanation, *, held_sources: list[str] | None = None, daemon: bool = False
+) -> list[str]:
+    """Lines for people. Advice is what will really help: with a daemon running,
+    `repogate sync` goes through it; during a hold only --accept-shrink applies."""
+    apply = "the daemon applies it at its next reconcile" if daemon else "run `repogate sync`"
+    held = set(held_sources or ())
     lines = []
     if not explanation.memberships:
         lines.append(f"{explanation.address} is in no client group.")
     for m in explanation.memberships:
         enforced = {
             True: "enforced",
-            False: "NOT in the kernel yet (run `repogate sync`)",
+            False: f"NOT in the kernel yet ({apply})",
             None: "table not present",
         }[m.in_kernel]
         listed = ", ".join(m.listed_as)
@@ -138,7 +144,13 @@ def format_explanation(explanation: Explanation) -> list[str]:
     for set_name, entry in explanation.kernel_only:
         lines.append(
             f"{explanation.address} is still admitted by the kernel through entry {entry} "
-            f"in set {set_name}, which the config no longer wants: run `repogate sync`"
+            f"in set {set_name}, which the config no longer wants: {apply}"
+        )
+    for group in sorted({m.group for m in explanation.memberships} & held):
+        lines.append(
+            f"  group {group!r} is HELD BACK: its last refresh shrank by more than max_shrink, "
+            "so its previous entries (this one among them) stay enforced until a refresh "
+            "agrees; to apply the shrunk list now: `repogate sync --accept-shrink`"
         )
     for reach in explanation.reaches:
         ports = ", ".join(map(str, reach.ports))

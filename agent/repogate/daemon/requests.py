@@ -1,0 +1,89 @@
+"""What the daemon answers on its control socket: status, sync and explain.
+
+`sync` runs the same reconcile as every refresh, after fetching every source
+now, so `repogate sync --accept-shrink` during a hold does what it says while a
+daemon runs instead of racing it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from repogate.explain import explain, format_explanation
+from repogate.report import describe, describe_sources
+
+if TYPE_CHECKING:
+    from repogate.daemon.service import Daemon
+
+
+class RequestHandler:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        verb = request.get("verb")
+        if verb == "status":
+            return self.status()
+        if verb == "sync":
+            return self.sync(
+                dry_run=bool(request.get("dry_run")),
+                accept_shrink=bool(request.get("accept_shrink")),
+                adopt=bool(request.get("adopt")),
+            )
+        if verb == "explain":
+            return self.explain(str(request.get("address", "")))
+        return {"error": f"unknown request {verb!r}"}
+
+    def status(self) -> dict[str, Any]:
+        live = self.daemon.publisher.live
+        if live is None:
+            return {"error": "the daemon is starting"}
+        counters: dict[str, Any] = {}
+        try:
+            read = self.daemon.engine.backend.read_counters(live.table)
+            counters = {name: [value.packets, value.bytes] for name, value in read.items()}
+        except Exception as exc:  # status must answer even when nftables cannot be read
+            counters = {"error": str(exc)}
+        return {"status": live.to_json(), "counters": counters}
+
+    def sync(self, *, dry_run: bool, accept_shrink: bool, adopt: bool) -> dict[str, Any]:
+        daemon = self.daemon
+        for key in daemon.sources.source_keys():
+            daemon.sources.fetch(key, force=True)
+        generation = daemon.generation
+        outcome = daemon.reconcile(
+            {"sync"}, verify=True, dry_run=dry_run, accept_shrink=accept_shrink, adopt=adopt
+        )
+        if outcome is None:
+            return {"error": f"reconcile failed: {daemon.publisher.last_error}"}
+        inputs = daemon.sources.snapshot(generation)
+        lines = describe_sources(generation, inputs, outcome)
+        prefix = "would " if dry_run and not outcome.plan.is_empty else ""
+        lines += [f"{prefix}{line}" for line in describe(outcome.plan, generation.table)]
+        return {
+            "lines": lines,
+            "applied": outcome.applied,
+            "seconds": outcome.seconds,
+            "added": outcome.plan.elements_added,
+            "deleted": outcome.plan.elements_deleted,
+            "failures": len(inputs.failures),
+            "held": len(outcome.held),
+        }
+
+    def explain(self, address: str) -> dict[str, Any]:
+        engine = self.daemon.engine
+        desired = engine.last_applied
+        if desired is None:
+            return {"error": "the daemon has not applied anything yet"}
+        try:
+            found = explain(self.daemon.config, desired, engine.model, address)
+        except ValueError:
+            return {"error": f"{address!r} is not an IP address"}
+        live = self.daemon.publisher.live
+        held = sorted(live.sources if live else (), key=lambda s: s.key)
+        return {
+            "address": found.address,
+            "lines": format_explanation(
+                found, held_sources=[s.key for s in held if s.state == "held back"], daemon=True
+            ),
+        }

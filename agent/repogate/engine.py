@@ -129,109 +129,111 @@ class Engine:
         adopt: bool = False,
     ) -> Outcome:
         with self.lock:
-            return self._reconcile(
-                generation,
-                inputs,
-                reason=reason,
-                verify=verify,
-                dry_run=dry_run,
+            config = generation.config
+            table = generation.table
+            drift, adopted = self._refresh_model(table, verify=verify, adopt=adopt)
+            moved_from = self._moved_from(table)
+            store = self.store if not dry_run else _scratch_copy(self.store)
+            resolved = resolve(
+                config,
+                results=inputs.results,
+                failures=inputs.failures,
+                store=store,
+                current=self.model,
+                now=self.clock(),
                 accept_shrink=accept_shrink,
-                adopt=adopt,
+                source_specs=generation.specs,
             )
-
-    def _reconcile(
-        self,
-        generation: Generation,
-        inputs: Inputs,
-        *,
-        reason: str,
-        verify: bool,
-        dry_run: bool,
-        accept_shrink: bool,
-        adopt: bool,
-    ) -> Outcome:
-        config = generation.config
-        table = generation.table
-        drift: tuple[str, ...] = ()
-        adopted: tuple[str, ...] = ()
-        model_table = self.model.name if self.model is not None else None
-        if verify or not self.model_known or (self.model is not None and model_table != table):
-            fresh = self.backend.read_table(table)
-            adopted = self.check_owned(fresh, adopt=adopt)
-            last = self.last_applied
-            if last is not None and last.table == table and self.model_known:
-                drift = _drift(last, fresh)
-            self.model, self.model_known = fresh, True
-        moved_from = self._moved_from(table)
-        store = self.store if not dry_run else _scratch_copy(self.store)
-        resolved = resolve(
-            config,
-            results=inputs.results,
-            failures=inputs.failures,
-            store=store,
-            current=self.model,
-            now=self.clock(),
-            accept_shrink=accept_shrink,
-            source_specs=generation.specs,
-        )
-        desired = desired_state(
-            config, resolved.groups, resolved.destinations, owner=self.owner_mark
-        )
-        plan = diff(desired, self.model)
-        commands = build_plan(plan, desired)
-        if moved_from is not None:
-            commands += build_delete_table(moved_from)
-
-        def outcome(applied: bool, seconds: float, plan: Plan = plan) -> Outcome:
-            return Outcome(
-                desired,
-                plan,
-                commands,
-                applied,
-                seconds,
-                resolved.stale,
-                resolved.held,
-                drift,
-                moved_from if applied else None,
-                adopted,
-                resolved.fallbacks,
+            desired = desired_state(
+                config, resolved.groups, resolved.destinations, owner=self.owner_mark
             )
+            plan = diff(desired, self.model)
+            commands = build_plan(plan, desired)
+            if moved_from is not None:
+                commands += build_delete_table(moved_from)
 
-        if dry_run:
-            return outcome(False, 0.0)
-        if not commands:
+            def outcome(applied: bool, seconds: float, plan: Plan = plan) -> Outcome:
+                return Outcome(
+                    desired,
+                    plan,
+                    commands,
+                    applied,
+                    seconds,
+                    resolved.stale,
+                    resolved.held,
+                    drift,
+                    moved_from if applied else None,
+                    adopted,
+                    resolved.fallbacks,
+                )
+
+            if dry_run:
+                return outcome(False, 0.0)
+            if not commands:
+                self.last_applied = desired
+                self._remember_table(table)
+                self.save_state()
+                return outcome(False, 0.0)
+            started = time.perf_counter()
+            plan, commands = self._apply(commands, plan, desired, moved_from, adopt=adopt)
+            seconds = time.perf_counter() - started
+            self.model = expected_table(desired)
             self.last_applied = desired
             self._remember_table(table)
             self.save_state()
-            return outcome(False, 0.0)
-        started = time.perf_counter()
+            self.audit.record(plan, desired, reason)
+            if moved_from is not None:
+                self.audit.record_event(moved_from, "table deleted (agent.table renamed)", reason)
+            return outcome(True, seconds, plan)
+
+    def _refresh_model(
+        self, table: str, *, verify: bool, adopt: bool
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Re-read the table when asked, unknown or renamed; (drift found, objects adopted)."""
+        stale_name = self.model is not None and self.model.name != table
+        if not (verify or not self.model_known or stale_name):
+            return (), ()
+        fresh = self.backend.read_table(table)
+        adopted = self.check_owned(fresh, adopt=adopt)
+        last = self.last_applied
+        drift: tuple[str, ...] = ()
+        if last is not None and last.table == table and self.model_known:
+            drift = _drift(last, fresh)
+        self.model, self.model_known = fresh, True
+        return drift, adopted
+
+    def _apply(
+        self,
+        commands: list[Json],
+        plan: Plan,
+        desired: DesiredState,
+        moved_from: str | None,
+        *,
+        adopt: bool,
+    ) -> tuple[Plan, list[Json]]:
+        """One transaction; return the plan and commands that were applied.
+
+        A refusal means the model was wrong (the table changed since it was read): the
+        kernel is read and the plan made again against what it really holds, once;
+        after a second refusal the model is no longer trusted.
+        """
         try:
             self.backend.apply(commands)
+            return plan, commands
         except NftError as first:
-            # The model was wrong (the table changed since it was read): read the
-            # kernel and try once more with a plan made against what it really holds;
-            # after a second refusal, stop trusting the model.
             log.warning("transaction refused (%s); re-reading the table and retrying", first)
-            try:
-                fresh = self.backend.read_table(table)
-                self.check_owned(fresh, adopt=adopt)
-                plan = diff(desired, fresh)
-                commands = build_plan(plan, desired)
-                if moved_from is not None:
-                    commands += build_delete_table(moved_from)
-                self.backend.apply(commands)
-            except NftError:
-                self.model_known = False
-                raise
-        seconds = time.perf_counter() - started
-        self.model = expected_table(desired)
-        self.last_applied = desired
-        self._remember_table(table)
-        self.save_state()
-        self.audit.record(plan, desired, reason)
-        if moved_from is not None:
-            self.audit.record_event(moved_from, "table deleted (agent.table renamed)", reason)
-        return outcome(True, seconds, plan)
+        try:
+            fresh = self.backend.read_table(desired.table)
+            self.check_owned(fresh, adopt=adopt)
+            plan = diff(desired, fresh)
+            commands = build_plan(plan, desired)
+            if moved_from is not None:
+                commands += build_delete_table(moved_from)
+            self.backend.apply(commands)
+        except NftError:
+            self.model_known = False
+            raise
+        return plan, commands
 
     def delete_table(self, table: str, reason: str) -> bool:
         """Delete the owned table (teardown, on_stop = remove); False if it was not there.

@@ -10,8 +10,6 @@ from repogate.config import Config, StaticClients
 from repogate.model import DesiredState, KernelTable
 from repogate.nft import names
 
-KINDS = ("addr", "net")
-
 
 @dataclass(frozen=True)
 class Membership:
@@ -47,8 +45,8 @@ def explain(
     family = ip.version
     memberships: list[Membership] = []
     for group_name in desired.groups:
-        for kind in KINDS:
-            set_name = names.client_set(group_name, family, kind)  # type: ignore[arg-type]
+        for kind in names.SET_KINDS:
+            set_name = names.client_set(group_name, family, kind)
             spec = desired.sets.get(set_name)
             if spec is None:
                 continue

@@ -48,8 +48,8 @@ def desired_state(
         for family in FAMILIES:
             addresses = entries.addresses_v4 if family == 4 else entries.addresses_v6
             networks = entries.networks_v4 if family == 4 else entries.networks_v6
-            for kind, elements in (("addr", addresses), ("net", networks)):
-                name = names.client_set(group.name, family, "addr" if kind == "addr" else "net")
+            for kind, elements in zip(names.SET_KINDS, (addresses, networks), strict=True):
+                name = names.client_set(group.name, family, kind)
                 sets[name] = SetSpec(name, family, kind == "net", elements, f"group {group.name}")
     counters: list[str] = []
     rules: list[RuleSpec] = []
@@ -68,8 +68,8 @@ def desired_state(
             for grant in grants:
                 if grant.destination != destination.name:
                     continue
-                for kind in ("addr", "net"):
-                    client_set = names.client_set(grant.group, family, kind)  # type: ignore[arg-type]
+                for kind in names.SET_KINDS:
+                    client_set = names.client_set(grant.group, family, kind)
                     rules.append(
                         RuleSpec(
                             family=family,

@@ -43,6 +43,10 @@ class ControlError(RepogateError):
     """The daemon could not be asked, or refused the request."""
 
 
+class NoDaemonError(ControlError):
+    """Nothing holds the table's lock: no daemon (and no sync) runs on it."""
+
+
 def address(table: str) -> str:
     return f"\0repogate/{table}"
 
@@ -122,11 +126,15 @@ class TableLock:
 
 
 def ask(table: str, request: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
-    """Send one request to the daemon on `table`; its answer, or ControlError."""
+    """Send one request to the daemon on `table`; its answer, or ControlError
+    (NoDaemonError when none runs)."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
             sock.settimeout(timeout)
-            sock.connect(address(table))
+            try:
+                sock.connect(address(table))
+            except (ConnectionRefusedError, FileNotFoundError) as exc:
+                raise NoDaemonError(f"no repogate runs on table inet {table}") from exc
             sock.sendall(json.dumps(request).encode() + b"\n")
             answer = read_message(sock)
     except (OSError, ValueError) as exc:

@@ -11,7 +11,11 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -300,12 +304,6 @@ class FakeKernel:
     def read_counters(self, table: str) -> dict[str, CounterValue]:
         current = self.read_table(table)
         return dict(current.counters) if current is not None else {}
-
-    def chain_comments(self, table: str, chain: str) -> tuple[str | None, ...] | None:
-        current = self.read_table(table)
-        if current is None or chain not in current.chains:
-            return None
-        return current.chains[chain].rule_comments
 
     # Helpers for tests.
 
@@ -634,3 +632,31 @@ def sync(
         adopt=adopt,
     )
     return SyncResult(outcome, inputs, generation)
+
+
+# --- a probe run as the unprivileged service user ---------------------------------
+
+NOBODY = 65534
+
+
+def run_unprivileged(probe: str, argument: str) -> dict[str, Any]:
+    """Run `python -c probe argument` as `nobody` when root (via setpriv), else as
+    ourselves, and return the JSON it prints: how the service user sees a file."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv (util-linux) to drop root")
+        prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    done = subprocess.run(
+        [*prefix, sys.executable, "-c", probe, argument],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PYTHONPATH": str(REPO / "agent"), "PATH": os.environ.get("PATH", "")},
+        timeout=60,
+    )
+    if done.returncode != 0 and "No module named" in done.stderr:
+        pytest.skip(f"{NOBODY} cannot read the checkout: {done.stderr.strip()[-200:]}")
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,10 +15,10 @@ import pytest
 from repogate.config import FileClients
 from repogate.errors import SourceError
 from repogate.sources.file import FileSource, read_text
+from tests.unit.conftest import NOBODY, run_unprivileged
 
 REPO = Path(__file__).resolve().parents[2]
 LIMITS = {4: 8, 6: 32}
-NOBODY = 65534  # stands in for the service user `repogate`
 
 
 def source(path: Path) -> FileSource:
@@ -134,24 +131,7 @@ def service_list() -> Iterator[Path]:
 
 def run_as_service_user(path: Path) -> dict[str, Any]:
     """PROBE as `nobody` when we are root (via setpriv), else as ourselves."""
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("needs setpriv (util-linux) to drop root")
-        prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-    done = subprocess.run(
-        [*prefix, sys.executable, "-c", PROBE, str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={"PYTHONPATH": str(REPO / "agent"), "PATH": os.environ.get("PATH", "")},
-        timeout=60,
-    )
-    if done.returncode != 0 and "No module named" in done.stderr:
-        pytest.skip(f"{NOBODY} cannot read the checkout: {done.stderr.strip()[-200:]}")
-    assert done.returncode == 0, done.stderr
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
+    return run_unprivileged(PROBE, str(path))
 
 
 def test_a_list_made_unreadable_changes_the_signature_and_fails(service_list: Path) -> None:

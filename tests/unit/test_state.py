@@ -6,8 +6,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +15,10 @@ import pytest
 
 from repogate.addresses import NormalisedEntries
 from repogate.state import STATE_VERSION, Record, StateStore, set_aside_file
+from tests.unit.conftest import NOBODY, run_unprivileged
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRIES = NormalisedEntries(frozenset({"10.0.0.1"}), frozenset(), frozenset(), frozenset())
-NOBODY = 65534
 
 
 def record(**overrides: Any) -> dict[str, Any]:
@@ -200,24 +198,7 @@ def shared_dir() -> Iterator[Path]:
 
 def load_unprivileged(directory: Path) -> dict[str, Any]:
     """Load as `nobody` when root (via setpriv), else in a subprocess as ourselves."""
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("needs setpriv (util-linux) to drop root")
-        prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-    done = subprocess.run(
-        [*prefix, sys.executable, "-c", PROBE, str(directory)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={"PYTHONPATH": str(REPO / "agent"), "PATH": os.environ.get("PATH", "")},
-        timeout=60,
-    )
-    if done.returncode != 0 and "No module named" in done.stderr:
-        pytest.skip(f"{NOBODY} cannot read the checkout: {done.stderr.strip()[-200:]}")
-    assert done.returncode == 0, done.stderr
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
+    return run_unprivileged(PROBE, str(directory))
 
 
 def unreadable_state(directory: Path, *, writable_dir: bool) -> Path:

@@ -25,7 +25,7 @@ from repogate.live import LiveView, destinations_of, from_json, source_views
 from repogate.nft.backend import Backend, RecordingBackend
 from repogate.nft.builders import transaction
 from repogate.report import describe, describe_sources
-from repogate.runtime import AlreadyRunningError, TableLock, ask, holder
+from repogate.runtime import AlreadyRunningError, NoDaemonError, TableLock, ask
 from repogate.sources import collect
 from repogate.state import StateStore
 
@@ -133,10 +133,10 @@ def status(call: Invocation) -> int:
     from repogate.cli.status import format_status  # noqa: PLC0415
 
     config = call.config
-    if holder(config.agent.table) is not None:
+    try:
         answer = ask(config.agent.table, {"verb": "status"}, timeout=10.0)
         view, counters = from_json(answer["status"]), answer.get("counters", {})
-    else:
+    except NoDaemonError:
         view, counters = _local_view(call)
     recent = AuditLog(config.agent.state_dir).recent(10)
     egress = _egress(config)
@@ -223,9 +223,9 @@ def explain(call: Invocation) -> int:
     except ValueError:
         print(f"repogate: {address!r} is not an IP address", file=call.err)
         return EXIT_USAGE
-    if holder(config.agent.table) is not None:
+    try:
         lines = list(ask(config.agent.table, {"verb": "explain", "address": str(ip)})["lines"])
-    else:
+    except NoDaemonError:
         collected = collect(config, network=False)
         inputs = Inputs(collected.results, collected.failures)
         try:  # explain still answers from the config without nftables access

@@ -22,7 +22,6 @@ from repogate.config.schema import (
     FeedConfig,
     FileClients,
     Grant,
-    Hook,
     HttpClients,
     HttpOptions,
     MetricsConfig,
@@ -30,6 +29,7 @@ from repogate.config.schema import (
     Rule,
     StaticClients,
 )
+from repogate.model import Hook
 
 __all__ = [
     "CONFIG_ENV",

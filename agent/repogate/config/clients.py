@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from repogate.config.checks import (
     Checker,
@@ -80,34 +80,37 @@ def _parse_static(
     return StaticClients(name=name, entries=tuple(entries))
 
 
-def _parse_file(
-    check: Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
-) -> FileClients | None:
-    table = check.table(
-        spec,
-        path,
-        {"name", "type", "path", "format", "json_path", "interval", "max_stale", "max_shrink"},
-        required={"name", "path"},
-    )
-    name = group_name(check, table, path)
-    file_path = check.string(table, path, "path", None)
-    list_format = check.string(table, path, "format", "lines")
-    if list_format not in ("lines", "json"):
-        check.problem(f"{path}.format", f"{list_format!r} is not one of: lines, json")
+# Keys every list source (file, http) takes besides its own: how to read the list,
+# how often, and what to do when it fails or shrinks.
+LIST_KEYS = {"name", "type", "format", "json_path", "interval", "max_stale", "max_shrink"}
+
+
+def _list_format(
+    check: Checker, table: dict[str, Any], path: str
+) -> tuple[Literal["lines", "json"], str | None]:
+    """`format` and the `json_path` that only applies to it."""
+    list_format = check.choice(table, path, "format", "lines", ("lines", "json"))
     json_path = check.string(table, path, "json_path", None)
     if json_path is not None and list_format != "json":
         check.problem(f"{path}.json_path", 'only applies with format = "json"')
+    return ("json" if list_format == "json" else "lines"), json_path
+
+
+def _parse_file(
+    check: Checker, spec: dict[str, Any], path: str, agent: AgentConfig, base: Path | None
+) -> FileClients | None:
+    table = check.table(spec, path, {*LIST_KEYS, "path"}, required={"name", "path"})
+    name = group_name(check, table, path)
+    file_path = check.file(table, path, "path", base)
+    list_format, json_path = _list_format(check, table, path)
     interval = check.duration(table, path, "interval", 10.0, low=1)
     max_stale = optional_duration(check, table, path, "max_stale")
     if name is None or file_path is None:
         return None
-    resolved = Path(file_path)
-    if not resolved.is_absolute() and base is not None:
-        resolved = base / resolved
     return FileClients(
         name=name,
-        path=resolved,
-        format="json" if list_format == "json" else "lines",
+        path=file_path,
+        format=list_format,
         json_path=json_path,
         interval=interval,
         max_stale=max_stale,
@@ -115,21 +118,7 @@ def _parse_file(
     )
 
 
-HTTP_KEYS = {
-    "name",
-    "type",
-    "url",
-    "format",
-    "json_path",
-    "interval",
-    "allow_insecure",
-    "ca_file",
-    "token_file",
-    "timeout",
-    "max_bytes",
-    "max_stale",
-    "max_shrink",
-}
+HTTP_KEYS = {*LIST_KEYS, "url", "allow_insecure", "ca_file", "token_file", "timeout", "max_bytes"}
 
 
 def _parse_http(
@@ -140,10 +129,7 @@ def _parse_http(
     insecure = check.boolean(table, path, "allow_insecure", False)
     url = check.string(table, path, "url", None)
     url_ok = url is not None and check_url(check, f"{path}.url", url, allow_insecure=insecure)
-    list_format = check.choice(table, path, "format", "lines", ("lines", "json"))
-    json_path = check.string(table, path, "json_path", None)
-    if json_path is not None and list_format != "json":
-        check.problem(f"{path}.json_path", 'only applies with format = "json"')
+    list_format, json_path = _list_format(check, table, path)
     if "token" in spec:
         check.problem(f"{path}.token", "never write a token in the config: use token_file")
     options = HttpOptions(
@@ -160,7 +146,7 @@ def _parse_http(
     return HttpClients(
         name=name,
         http=options,
-        format="json" if list_format == "json" else "lines",
+        format=list_format,
         json_path=json_path,
         interval=interval,
         max_stale=optional_duration(check, table, path, "max_stale"),

@@ -25,12 +25,12 @@ from repogate.config.schema import (
     ClientGroup,
     Config,
     Destination,
-    Hook,
     MetricsConfig,
     ResolverConfig,
     Rule,
 )
 from repogate.errors import ConfigError, ConfigProblem
+from repogate.model import Hook
 
 DEFAULT_CONFIG_PATH = Path("/etc/repogate/repogate.toml")
 CONFIG_ENV = "REPOGATE_CONFIG"

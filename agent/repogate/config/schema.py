@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from repogate.addresses import Entry
-
-Hook = Literal["forward", "output"]
+from repogate.model import Hook
 
 
 @dataclass(frozen=True)

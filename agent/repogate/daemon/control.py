@@ -61,7 +61,10 @@ class ControlServer:
                 if not own_user_or_root(connection):
                     answer: dict[str, Any] = {"error": "only root and the service user may ask"}
                 else:
-                    request = read_message(connection)
+                    try:
+                        request = read_message(connection)
+                    except ValueError:
+                        return  # connected and left (a lock probe) or sent garbage
                     connection.settimeout(None)  # a sync may take as long as its sources
                     answer = self._handle(request)
                 connection.sendall(json.dumps(answer, default=str).encode() + b"\n")

@@ -51,9 +51,7 @@ class Publisher:
         event(log, logging.ERROR, f"reconcile failed ({reason}): {error}", reason=reason)
         self.notifier.status(f"reconcile failing: {error}")
 
-    def committed(
-        self, generation: Generation, outcome: Outcome, reason: str, notes: list[str]
-    ) -> None:
+    def committed(self, generation: Generation, outcome: Outcome, reason: str) -> None:
         """Logs, metrics and the live view after a reconcile the kernel accepted."""
         self.last_error = ""
         self.metrics.reconciles.labels(result="ok").inc()
@@ -72,7 +70,7 @@ class Publisher:
         self.metrics.known_sets(desired.sets)
         self.metrics.set_sizes({name: len(spec.elements) for name, spec in desired.sets.items()})
         self.metrics.group_sizes({name: len(entries) for name, entries in desired.groups.items()})
-        self._publish(generation, outcome, notes)
+        self._publish(generation, outcome)
 
     def _announce_table(self, generation: Generation, outcome: Outcome, reason: str) -> None:
         if outcome.drift:
@@ -101,7 +99,7 @@ class Publisher:
                     if items:
                         self.metrics.set_changes.labels(set=change.name, op=op).inc(len(items))
 
-    def _publish(self, generation: Generation, outcome: Outcome, notes: list[str]) -> None:
+    def _publish(self, generation: Generation, outcome: Outcome) -> None:
         destinations = destinations_of(generation, outcome)
         self.metrics.destination_sizes({d.name: d.addresses for d in destinations})
         desired = outcome.desired
@@ -125,7 +123,6 @@ class Publisher:
             drift_repairs=self.drift_repairs,
             started_at=self.started_at,
             config=str(self.config_path),
-            notes=tuple(notes),
         )
         previous = self.live
         self.live = view

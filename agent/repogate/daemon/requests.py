@@ -7,6 +7,7 @@ daemon runs instead of racing it.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from repogate.explain import explain, format_explanation
@@ -44,7 +45,9 @@ class RequestHandler:
             counters = {name: [value.packets, value.bytes] for name, value in read.items()}
         except Exception as exc:  # status must answer even when nftables cannot be read
             counters = {"error": str(exc)}
-        return {"status": live.to_json(), "counters": counters}
+        # State-file notes are read here, when asked, not at every reconcile.
+        notes = tuple(self.daemon.engine.store.notes())
+        return {"status": dataclasses.replace(live, notes=notes).to_json(), "counters": counters}
 
     def sync(self, *, dry_run: bool, accept_shrink: bool, adopt: bool) -> dict[str, Any]:
         daemon = self.daemon

@@ -357,7 +357,7 @@ class Daemon:
         if outcome.applied:
             self.boot.mark()
         self.drift.committed()
-        self.publisher.committed(generation, outcome, reason, self.engine.store.notes())
+        self.publisher.committed(generation, outcome, reason)
         return outcome
 
     def _verify(self, why: str) -> None:

@@ -52,10 +52,6 @@ class Backend(Protocol):
         """The ruleset's generation id: unchanged means nothing was committed since."""
         ...
 
-    def chain_comments(self, table: str, chain: str) -> tuple[str | None, ...] | None:
-        """The comments of a chain's rules, in order; None if the chain is missing."""
-        ...
-
     def watch(self, table: str, on_foreign_change: Callable[[str], None]) -> TableWatch | None:
         """Report other processes' commits to `table` as they happen; None where this
         backend cannot (the caller then watches the generation id instead)."""
@@ -192,8 +188,3 @@ class RecordingBackend:
 
     def watch(self, table: str, on_foreign_change: Callable[[str], None]) -> TableWatch | None:
         return None
-
-    def chain_comments(self, table: str, chain: str) -> tuple[str | None, ...] | None:
-        if self.table is None or chain not in self.table.chains:
-            return None
-        return self.table.chains[chain].rule_comments

@@ -19,6 +19,7 @@ from repogate.addresses import Family
 from repogate.model import DesiredState
 
 SetKind = Literal["addr", "net"]
+SET_KINDS: tuple[SetKind, ...] = ("addr", "net")  # single addresses (hash), networks
 Verdict = Literal["allowed", "denied"]
 GATE_CHAIN = "gate"
 # The ownership mark: a named counter whose comment carries this repogate's instance

@@ -39,6 +39,7 @@ class RuleSpec:
     counter: str
     client_set: str | None  # None: the deny rule for the destination
     comment: str
+    interfaces: tuple[str, ...] = ()  # allow only packets arriving on these (iifname)
 
     @property
     def verdict(self) -> Literal["accept", "reject"]:
@@ -62,6 +63,7 @@ class DesiredState:
             "hooks": list(self.hooks),
             "rules": [
                 [r.family, r.destination_set, list(r.ports), r.counter, r.client_set]
+                + ([list(r.interfaces)] if r.interfaces else [])
                 for r in self.rules
             ],
         }

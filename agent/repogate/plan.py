@@ -68,6 +68,7 @@ def desired_state(
             for grant in grants:
                 if grant.destination != destination.name:
                     continue
+                interfaces = config.group(grant.group).interfaces
                 for kind in names.SET_KINDS:
                     client_set = names.client_set(grant.group, family, kind)
                     rules.append(
@@ -78,6 +79,7 @@ def desired_state(
                             counter=names.counter(destination.name, "allowed"),
                             client_set=client_set,
                             comment=f"allow {grant.group} to {destination.name}",
+                            interfaces=interfaces,
                         )
                     )
             rules.append(

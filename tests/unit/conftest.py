@@ -521,8 +521,19 @@ class FakeKernel:
             self._check_expr(state, expr)
         chain["rules"].append({"expr": body["expr"], "comment": body.get("comment")})
 
+    @staticmethod
+    def _check_iifname(expr: Json) -> None:
+        right = expr["match"]["right"]
+        names = right["set"] if isinstance(right, dict) else [right]
+        if expr["match"]["left"]["meta"] != {"key": "iifname"} or not all(
+            isinstance(name, str) and 0 < len(name) < 16 for name in names
+        ):
+            raise FakeKernelError(f"unexpected meta match {expr!r}")
+
     def _check_expr(self, state: Json, expr: Json) -> None:
-        if "match" in expr:
+        if "match" in expr and "meta" in expr["match"]["left"]:
+            self._check_iifname(expr)
+        elif "match" in expr:
             left, right = expr["match"]["left"]["payload"], expr["match"]["right"]
             if left["protocol"] in ("ip", "ip6"):
                 if not (isinstance(right, str) and right.startswith("@")):

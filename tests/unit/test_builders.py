@@ -6,7 +6,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from repogate.config import Config, parse_config
+from repogate.errors import ConfigError
 from repogate.model import DesiredState, Plan, RuleSpec, SetChange, SetSpec
 from repogate.nft.builders import (
     build_chain,
@@ -18,7 +21,9 @@ from repogate.nft.builders import (
     build_set_change,
     transaction,
 )
+from repogate.nft.render import render
 from repogate.plan import diff
+from tests.unit.conftest import base_dict, sync
 
 Desired = Callable[..., DesiredState]
 Json = dict[str, Any]
@@ -286,3 +291,36 @@ def test_teardown_and_rebuild_order() -> None:
 
 def test_empty_plan_builds_nothing(base_config: Config, desired: Desired) -> None:
     assert build_plan(Plan(), desired(base_config)) == []
+
+
+def test_a_group_bound_to_interfaces_is_admitted_only_from_them(
+    config_dict: dict[str, Any], kernel: Any
+) -> None:
+    config_dict["clients"][1]["interfaces"] = ["wg0"]
+    config_dict["clients"][0]["interfaces"] = ["eth1", "eth2"]
+    config = parse_config(config_dict)
+    result = sync(config, kernel)  # the fake kernel checks every expression
+    allow = [c["add"]["rule"] for c in result.commands if "rule" in c.get("add", {})]
+    vpn = next(r for r in allow if r["comment"].startswith("allow vpn"))
+    assert vpn["expr"][0] == {
+        "match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "wg0"}
+    }
+    office = next(r for r in allow if r["comment"].startswith("allow office"))
+    assert office["expr"][0]["match"]["right"] == {"set": ["eth1", "eth2"]}
+    refuse = next(r for r in allow if r["comment"].startswith("refuse"))
+    assert "meta" not in str(refuse["expr"])  # the deny rule holds for every interface
+    text = render(result.desired)
+    assert 'iifname "wg0" ip saddr @client_vpn_v4_addr' in text
+    assert 'iifname { "eth1", "eth2" } ip saddr @client_office_v4_addr' in text
+    # Binding changes the rules' fingerprint, so a running table gets them rewritten.
+    unbound = sync(parse_config(base_dict()), kernel)
+    assert unbound.plan.rewrite_rules
+
+
+def test_interfaces_are_checked_with_their_key_path(config_dict: dict[str, Any]) -> None:
+    config_dict["clients"][0]["interfaces"] = ["eth/1", "x" * 16]
+    with pytest.raises(ConfigError) as error:
+        parse_config(config_dict)
+    text = str(error.value)
+    assert "clients[0].interfaces[0]: 'eth/1' is not an interface name" in text
+    assert "clients[0].interfaces[1]" in text

@@ -43,8 +43,8 @@ def format_status(
     for destination in view.destinations:
         ports = ", ".join(map(str, destination.ports))
         if destination.gated:
-            count = plural(destination.addresses, "address", "addresses")
-            lines.append(f"  {destination.name}: gated on TCP {ports} ({count} and networks)")
+            count = plural(destination.addresses, "address or network", "addresses or networks")
+            lines.append(f"  {destination.name}: gated on TCP {ports} ({count})")
         else:
             lines.append(
                 f"  {destination.name}: NOT GATED: no addresses, so traffic to it on TCP "

@@ -19,6 +19,7 @@ from repogate.errors import ConfigProblem
 MAX_PROBLEMS_PER_LIST = 20
 # Group and destination names become parts of nft object names.
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+IFNAME_PATTERN = re.compile(r"[^/\s:]{1,15}")  # what the kernel accepts as a link name
 HOSTNAME_PATTERN = re.compile(
     r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?"
 )

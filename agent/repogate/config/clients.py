@@ -7,11 +7,13 @@ still checked and all problems reach the admin together.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from repogate.config.checks import (
+    IFNAME_PATTERN,
     Checker,
     check_url,
     group_name,
@@ -54,9 +56,12 @@ def parse_clients(
             else:
                 check.problem(f"{path}.type", f"{kind!r} is not a client type ({expected})")
             continue
-        group = parser(check, spec, path, agent, base)
+        own = {key: value for key, value in spec.items() if key != "interfaces"}
+        group = parser(check, own, path, agent, base)
+        interfaces = _interfaces(check, spec, path)
         if group is None:
             continue
+        group = dataclasses.replace(group, interfaces=interfaces)
         if group.name in seen:
             check.problem(
                 f"{path}.name", f"{group.name!r} is already used by clients[{seen[group.name]}]"
@@ -67,6 +72,17 @@ def parse_clients(
     if not raw:
         check.problem("clients", "at least one client group is required")
     return tuple(groups)
+
+
+def _interfaces(check: Checker, spec: dict[str, Any], path: str) -> tuple[str, ...]:
+    """`interfaces`, which any group type takes: where its packets must arrive."""
+    names = check.list_of(spec, path, "interfaces", str, [])
+    for index, name in enumerate(names):
+        if not IFNAME_PATTERN.fullmatch(name):
+            check.problem(f"{path}.interfaces[{index}]", f"{name!r} is not an interface name")
+    if "interfaces" in spec and not names:
+        check.problem(f"{path}.interfaces", "must name at least one interface (or leave it out)")
+    return tuple(dict.fromkeys(names))
 
 
 def _parse_static(

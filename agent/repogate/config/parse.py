@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from repogate.addresses import canonical_address
-from repogate.config.checks import Checker, did_you_mean
+from repogate.config.checks import IFNAME_PATTERN, Checker, did_you_mean
 from repogate.config.clients import parse_clients
 from repogate.config.destinations import parse_destinations
 from repogate.config.schema import (
@@ -38,7 +38,6 @@ HOOKS = ("forward", "output")
 # The table name becomes part of every nft command.
 TABLE_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 LISTEN_PATTERN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+)):(\d{1,5})")
-IFNAME_PATTERN = re.compile(r"[^/\s:]{1,15}")  # what the kernel accepts as a link name
 
 
 def config_path(explicit: str | None) -> Path:

@@ -113,6 +113,9 @@ class StaticClients:
 
     name: str
     entries: tuple[Entry, ...]
+    # Admitted only for packets arriving on these interfaces (empty: any), so a host
+    # elsewhere cannot borrow the group's addresses.
+    interfaces: tuple[str, ...] = ()
     type: Literal["static"] = "static"
 
 
@@ -127,6 +130,9 @@ class FileClients:
     interval: float = 10.0  # how often the daemon checks the file for changes
     max_stale: float | None = None  # None: agent.max_stale
     max_shrink: float | None = None  # None: agent.max_shrink
+    # Admitted only for packets arriving on these interfaces (empty: any), so a host
+    # elsewhere cannot borrow the group's addresses.
+    interfaces: tuple[str, ...] = ()
     type: Literal["file"] = "file"
 
 
@@ -141,6 +147,9 @@ class HttpClients:
     interval: float = 300.0
     max_stale: float | None = None
     max_shrink: float | None = None
+    # Admitted only for packets arriving on these interfaces (empty: any), so a host
+    # elsewhere cannot borrow the group's addresses.
+    interfaces: tuple[str, ...] = ()
     type: Literal["http"] = "http"
 
 
@@ -155,6 +164,9 @@ class DnsClients:
     max_addresses: int = 8  # per name: more are rejected (a wildcard or a CDN answer)
     max_stale: float | None = None
     max_shrink: float | None = None
+    # Admitted only for packets arriving on these interfaces (empty: any), so a host
+    # elsewhere cannot borrow the group's addresses.
+    interfaces: tuple[str, ...] = ()
     type: Literal["dns"] = "dns"
 
     @property

@@ -114,6 +114,11 @@ def build_rules(desired: DesiredState) -> list[Json]:
 def build_rule(table: str, rule: RuleSpec, digest: str) -> Json:
     protocol = "ip" if rule.family == 4 else "ip6"
     expr: list[Json] = []
+    if rule.interfaces:
+        names_: Any = (
+            rule.interfaces[0] if len(rule.interfaces) == 1 else {"set": list(rule.interfaces)}
+        )
+        expr.append({"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": names_}})
     if rule.client_set is not None:
         expr.append(_match(protocol, "saddr", f"@{rule.client_set}"))
     expr.append(_match(protocol, "daddr", f"@{rule.destination_set}"))

@@ -57,6 +57,11 @@ def _render_set(spec: SetSpec) -> list[str]:
 def _render_rule(rule: RuleSpec, digest: str) -> str:
     protocol = "ip" if rule.family == 4 else "ip6"
     parts = []
+    if rule.interfaces:
+        quoted = ", ".join(f'"{name}"' for name in rule.interfaces)
+        parts.append(
+            f"iifname {quoted}" if len(rule.interfaces) == 1 else f"iifname {{ {quoted} }}"
+        )
     if rule.client_set is not None:
         parts.append(f"{protocol} saddr @{rule.client_set}")
     parts.append(f"{protocol} daddr @{rule.destination_set}")

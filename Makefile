@@ -9,7 +9,8 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := nftables python3-nftables python3-venv iproute2 procps util-linux \
 	python3-apscheduler python3-pyroute2 python3-dnspython python3-prometheus-client \
 	python3-pytest python3-trustme systemd \
-	dnsmasq-base bind9-dnsutils prometheus
+	dnsmasq-base bind9-dnsutils prometheus \
+	wireguard-go wireguard-tools openvpn busybox
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PIP := $(VENV)/.pip-stamp
 
@@ -61,8 +62,10 @@ test-debian: deps
 demo: deps
 	$(PY) -m lab.demo
 
+# run.py also runs bench/daemon.py and bench/dns_resolution.py; about 9 minutes in all.
 bench: deps
 	$(PY) bench/run.py
+	$(PY) bench/nft_layer.py
 
 deb:
 	packaging/build-deb dist

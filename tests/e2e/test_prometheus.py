@@ -169,6 +169,11 @@ def stand_in_metrics(elapsed: float, now: float) -> str:
             [({"group": g}, n) for g, n in (("office", 2), ("laptops", 2), ("home", 1))],
         ),
         *_family("repogate_destination_addresses", "gauge", [({"destination": "bitbucket"}, 7)]),
+        *_family(
+            "repogate_devices",
+            "gauge",
+            [({"group": "lan", "state": s}, n) for s, n in (("admitted", 3), ("unknown", 1))],
+        ),
         *_family("repogate_source_up", "gauge", per_source(0, 1)),
         *_family(
             "repogate_source_last_success_timestamp_seconds",
@@ -506,13 +511,20 @@ def agent_config(lab: Lab, listen: str) -> None:
     laptops.write_text(f"# exported by the MDM\n{BOB}\nnot-an-address\n")
     dns_group = {"name": "home", "type": "dns", "names": [HOME_NAME], "min_refresh": "1s"}
     file_group = {"name": "laptops", "type": "file", "path": str(laptops), "interval": "1s"}
+    # A device group: a dnsmasq lease of a device its inventory calls non-compliant.
+    leases, devices = lab.workdir / "dnsmasq.leases", lab.workdir / "devices.csv"
+    leases.write_text("0 02:00:00:00:00:08 10.30.0.8 bobs-phone *\n")
+    devices.write_text("device,compliant,owner,macs\nPHONE8,false,bob,02:00:00:00:00:08\n")
+    inventory = {"name": "it", "type": "file", "path": str(devices), "format": "csv"}
+    lan_group = {"name": "lan", "type": "dhcp", "leases": str(leases), "inventory": "it"}
     egress = f"{lab.tag}g{lab.spec.link('bitbucket').short}"
     overrides: dict[str, Any] = {
         "agent": {"verify_interval": "3.5s", "egress_interfaces": [egress]},
         "metrics": {"listen": listen},
         "resolver": {"nameservers": [DNS_ADDRESS], "timeout": "1s"},
         "destinations": {"bitbucket": {"hosts": ["bitbucket.lab.test"], "min_refresh": "1s"}},
-        "clients": [office_group(OFFICE_WITHOUT_BOB), file_group, dns_group],
+        "inventories": [inventory],
+        "clients": [office_group(OFFICE_WITHOUT_BOB), file_group, dns_group, lan_group],
     }
     lab.write_config(overrides)
 

@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         "explain", parents=[common], help="may this client reach the destinations, and why"
     )
     explain_parser.add_argument("address", metavar="ADDRESS")
+    devices_parser = verbs.add_parser(
+        "devices",
+        parents=[common],
+        help="each device, its addresses, and why it is admitted or not",
+    )
+    devices_parser.add_argument("--json", action="store_true", help="machine-readable output")
     verbs.add_parser("teardown", parents=[common], help="delete the owned table, nothing else")
     verbs.add_parser(
         "run", parents=[common], help="run as a daemon: keep the table right (systemd notify)"
@@ -175,6 +181,7 @@ VERBS: dict[str, Handler] = {
     "render": verbs.render,
     "status": verbs.status,
     "explain": verbs.explain,
+    "devices": verbs.devices,
     "teardown": verbs.teardown,
     "run": _run,
 }

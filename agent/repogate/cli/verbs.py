@@ -8,6 +8,7 @@ daemon they run the engine here, and say so.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from repogate.addresses import contains
 from repogate.audit import AuditLog
 from repogate.config import Config
+from repogate.config.devices import DEVICE_KEYS
+from repogate.devices import DeviceRow, device_lines_for, device_rows, format_devices
 from repogate.engine import Engine, Generation, Inputs, Outcome
 from repogate.errors import RepogateError
 from repogate.instance import Instance
@@ -26,7 +29,8 @@ from repogate.nft.backend import Backend, RecordingBackend
 from repogate.nft.builders import transaction
 from repogate.report import describe, describe_sources
 from repogate.runtime import AlreadyRunningError, NoDaemonError, TableLock, ask
-from repogate.sources import collect
+from repogate.sources import collect, specs
+from repogate.sources.devices.source import DeviceSource
 from repogate.state import StateStore
 
 if TYPE_CHECKING:
@@ -235,7 +239,8 @@ def explain(call: Invocation) -> int:
         except RepogateError:
             outcome, current = _offline(config, inputs), None
         found = explain_address(config, outcome.desired, current, str(ip))
-        lines = format_explanation(found, held_sources=list(outcome.held))
+        lines = device_lines_for(str(ip), _local_device_sources(config))
+        lines += format_explanation(found, held_sources=list(outcome.held))
     trail = AuditLog(config.agent.state_dir).trail(str(ip))
     lines += ["", f"audit trail of {ip}:"]
     for line in trail[-20:]:
@@ -248,6 +253,38 @@ def explain(call: Invocation) -> int:
         lines.append("  no recorded change touches it")
     call.out.write("\n".join(lines) + "\n")
     return EXIT_OK
+
+
+def devices(call: Invocation) -> int:
+    config = call.config
+    try:
+        answer = ask(config.agent.table, {"verb": "devices"}, timeout=10.0)
+        rows = [
+            DeviceRow(**{**row, "addresses": tuple(row["addresses"])}) for row in answer["devices"]
+        ]
+        note = ""
+    except NoDaemonError:
+        rows = device_rows(_local_device_sources(config))
+        note = "(no daemon runs on this table: the maps and inventories were read just now)"
+    if call.args.json:
+        json.dump([row.to_json() for row in rows], call.out, indent=2)
+        call.out.write("\n")
+        return EXIT_OK
+    lines = format_devices(rows) + ([note] if note else [])
+    call.out.write("\n".join(lines) + "\n")
+    return EXIT_OK
+
+
+def _local_device_sources(config: Config) -> dict[str, DeviceSource]:
+    """Device groups read here and now (no daemon): each judged as the daemon would."""
+    found: dict[str, DeviceSource] = {}
+    for spec in specs(config):
+        source = spec.make() if spec.kind in DEVICE_KEYS else None
+        if isinstance(source, DeviceSource):
+            with contextlib.suppress(RepogateError):  # no verdicts; status says why
+                source.fetch()
+            found[spec.key] = source
+    return found
 
 
 def teardown(call: Invocation) -> int:

@@ -20,6 +20,7 @@ from repogate.config.checks import (
     optional_duration,
     refresh_bounds,
 )
+from repogate.config.devices import DEVICE_KEYS, parse_device_group
 from repogate.config.schema import (
     AgentConfig,
     ClientGroup,
@@ -61,7 +62,8 @@ def parse_clients(
         interfaces = _interfaces(check, spec, path)
         if group is None:
             continue
-        group = dataclasses.replace(group, interfaces=interfaces)
+        if interfaces:
+            group = dataclasses.replace(group, interfaces=interfaces)
         if group.name in seen:
             check.problem(
                 f"{path}.name", f"{group.name!r} is already used by clients[{seen[group.name]}]"
@@ -212,4 +214,5 @@ CLIENT_TYPES: dict[str, ClientParser] = {
     "file": _parse_file,
     "http": _parse_http,
     "dns": _parse_dns,
+    **dict.fromkeys(DEVICE_KEYS, parse_device_group),
 }

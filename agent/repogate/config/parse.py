@@ -18,6 +18,7 @@ from repogate.addresses import canonical_address
 from repogate.config.checks import IFNAME_PATTERN, Checker, did_you_mean
 from repogate.config.clients import parse_clients
 from repogate.config.destinations import parse_destinations
+from repogate.config.devices import check_inventory_names, parse_inventories
 from repogate.config.schema import (
     DEFAULT_METRICS_PORT,
     AgentConfig,
@@ -66,20 +67,33 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> Config:
     """Check a decoded TOML document; raise ConfigError listing every problem."""
     check = Checker()
     top = check.table(
-        data, "", {"agent", "resolver", "metrics", "audit", "destinations", "clients", "rules"}
+        data,
+        "",
+        {
+            "agent",
+            "resolver",
+            "metrics",
+            "audit",
+            "destinations",
+            "inventories",
+            "clients",
+            "rules",
+        },
     )
     base = path.parent if path is not None else None
     agent = _parse_agent(check, top.get("agent", {}))
     resolver = _parse_resolver(check, top.get("resolver", {}))
     destinations = parse_destinations(check, top.get("destinations"), base)
+    inventories = parse_inventories(check, top.get("inventories"), base)
     clients = parse_clients(check, top.get("clients"), agent, base)
+    check_inventory_names(check, top.get("clients"), clients, inventories)
     rules = _parse_rules(check, top.get("rules", []), destinations, clients)
     metrics = _parse_metrics(check, top.get("metrics", {}), base)
     audit_table = check.table(top.get("audit", {}), "audit", {"path"})
     audit = AuditConfig(path=check.file(audit_table, "audit", "path", base))
     if check.problems:
         raise ConfigError(check.problems, str(path) if path else "")
-    return Config(agent, destinations, clients, rules, path, resolver, metrics, audit)
+    return Config(agent, destinations, clients, rules, path, resolver, metrics, audit, inventories)
 
 
 def _parse_metrics(check: Checker, raw: object, base: Path | None) -> MetricsConfig:

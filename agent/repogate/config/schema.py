@@ -7,7 +7,7 @@ optional key has its default here, in one place.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -174,7 +174,46 @@ class DnsClients:
         return self.min_refresh
 
 
-ClientGroup = StaticClients | FileClients | HttpClients | DnsClients
+DeviceMap = Literal["wireguard", "openvpn", "dhcp", "neighbours"]
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Who is compliant: a device list (CSV or JSON) in a file or over HTTPS."""
+
+    name: str
+    format: Literal["csv", "json"]
+    path: Path | None = None  # type "file"
+    http: HttpOptions | None = None  # type "http"
+    max_age: float | None = None  # a record last seen longer ago no longer counts
+    interval: float = 10.0  # how often it is checked (HTTP: fetched) for changes
+
+    @property
+    def type(self) -> Literal["file", "http"]:
+        return "file" if self.path is not None else "http"
+
+
+@dataclass(frozen=True)
+class DeviceClients:
+    """A client group of devices: who the host sees right now (an address map),
+    admitted while their inventory record qualifies."""
+
+    name: str
+    type: DeviceMap
+    inventory: str | None = None  # None: every device the map sees is admitted
+    interface: str | None = None  # wireguard: the interface; openvpn: its tun device
+    max_handshake_age: float = 180.0  # wireguard: older handshakes are absent
+    status_file: Path | None = None  # openvpn
+    management: str | None = None  # openvpn: a unix socket path, for instant kills
+    leases: Path | None = None  # dhcp
+    lease_format: Literal["dnsmasq", "kea"] = "dnsmasq"  # dhcp
+    interval: float = 2.0  # how often the map is read
+    max_stale: float | None = None
+    max_shrink: float | None = None
+    interfaces: tuple[str, ...] = ()  # binding; neighbours: the interfaces to watch
+
+
+ClientGroup = StaticClients | FileClients | HttpClients | DnsClients | DeviceClients
 
 
 @dataclass(frozen=True)
@@ -203,6 +242,7 @@ class Config:
     resolver: ResolverConfig = ResolverConfig()
     metrics: MetricsConfig = MetricsConfig()
     audit: AuditConfig = AuditConfig()
+    inventories: Mapping[str, Inventory] = field(default_factory=dict)
 
     def max_stale(self, group: ClientGroup) -> float:
         own = getattr(group, "max_stale", None)

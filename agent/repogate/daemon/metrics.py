@@ -74,6 +74,12 @@ class Metrics:
                     ("source",),
                 ),
                 _Family(
+                    "repogate_devices",
+                    "Devices each device group sees, by state (admitted, non-compliant, "
+                    "unknown, contested); no per-device labels.",
+                    ("group", "state"),
+                ),
+                _Family(
                     "repogate_egress_address_info",
                     "The host's egress addresses (Bitbucket's IP allowlist must contain them).",
                     ("interface", "address"),
@@ -174,6 +180,10 @@ class Metrics:
     def destination_sizes(self, sizes: Mapping[str, int]) -> None:
         """Addresses and networks per destination, both families: 0 means NOT GATED."""
         self._replaced.replace(DESTINATION_ADDRESSES, [((n,), v) for n, v in sizes.items()])
+
+    def devices(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Devices per (group, state), from the device groups' last verdicts."""
+        self._replaced.replace("repogate_devices", counts.items())
 
     def egress(self, addresses: Iterable[tuple[str, str]]) -> None:
         self._replaced.replace("repogate_egress_address_info", [(a, 1) for a in addresses])

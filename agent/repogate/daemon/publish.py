@@ -20,6 +20,7 @@ from repogate.engine import Generation, Outcome
 from repogate.lastgood import ShrinkHold, Staleness
 from repogate.live import LiveView, destinations_of, not_gated_warning, source_views, summary
 from repogate.logs import event
+from repogate.sources.devices.source import DeviceSource
 
 log = logging.getLogger("repogate")
 
@@ -70,7 +71,18 @@ class Publisher:
         self.metrics.known_sets(desired.sets)
         self.metrics.set_sizes({name: len(spec.elements) for name, spec in desired.sets.items()})
         self.metrics.group_sizes({name: len(entries) for name, entries in desired.groups.items()})
+        self.metrics.devices(self._device_counts(generation))
         self._publish(generation, outcome)
+
+    def _device_counts(self, generation: Generation) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for spec in generation.specs:
+            source = self.sources.source(spec.key)
+            if isinstance(source, DeviceSource):
+                for verdict in source.verdicts:
+                    key = (spec.key, verdict.state)
+                    counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def _announce_table(self, generation: Generation, outcome: Outcome, reason: str) -> None:
         if outcome.drift:

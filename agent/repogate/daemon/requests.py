@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from repogate.devices import device_lines_for, device_rows
 from repogate.explain import explain, format_explanation
 from repogate.report import describe, describe_sources
+from repogate.sources.devices.source import DeviceSource
 
 if TYPE_CHECKING:
     from repogate.daemon.service import Daemon
@@ -33,6 +35,8 @@ class RequestHandler:
             )
         if verb == "explain":
             return self.explain(str(request.get("address", "")))
+        if verb == "devices":
+            return {"devices": [row.to_json() for row in device_rows(self.device_sources())]}
         return {"error": f"unknown request {verb!r}"}
 
     def status(self) -> dict[str, Any]:
@@ -73,6 +77,14 @@ class RequestHandler:
             "held": len(outcome.held),
         }
 
+    def device_sources(self) -> dict[str, DeviceSource]:
+        found = {}
+        for spec in self.daemon.generation.specs:
+            source = self.daemon.sources.source(spec.key)
+            if isinstance(source, DeviceSource):
+                found[spec.key] = source
+        return found
+
     def explain(self, address: str) -> dict[str, Any]:
         engine = self.daemon.engine
         desired = engine.last_applied
@@ -84,9 +96,8 @@ class RequestHandler:
             return {"error": f"{address!r} is not an IP address"}
         live = self.daemon.publisher.live
         held = sorted(live.sources if live else (), key=lambda s: s.key)
-        return {
-            "address": found.address,
-            "lines": format_explanation(
-                found, held_sources=[s.key for s in held if s.state == "held back"], daemon=True
-            ),
-        }
+        lines = device_lines_for(found.address, self.device_sources())
+        lines += format_explanation(
+            found, held_sources=[s.key for s in held if s.state == "held back"], daemon=True
+        )
+        return {"address": found.address, "lines": lines}

@@ -103,6 +103,12 @@ class SourceTable:
             if spec.kind == "hosts" and store.get(spec.key, spec.fingerprint) is None
         ]
 
+    def source(self, key: str) -> Source | None:
+        """The source object itself (the devices view reads a device group's verdicts)."""
+        with self._lock:
+            state = self._states.get(key)
+            return state.source if state is not None else None
+
     def never_fetched(self, key: str) -> bool:
         with self._lock:
             state = self._states[key]

@@ -23,6 +23,7 @@ from repogate.config import (
     ClientGroup,
     Config,
     Destination,
+    DeviceClients,
     DnsClients,
     FileClients,
     HttpClients,
@@ -31,7 +32,8 @@ from repogate.config import (
 from repogate.config.presets import PRESETS, Snapshot
 from repogate.errors import SourceError
 
-if TYPE_CHECKING:  # sources.dns imports this module; only its Protocol is needed here
+if TYPE_CHECKING:  # these import this module; only their types are needed here
+    from repogate.sources.devices.source import InventoryReader
     from repogate.sources.dns import Resolves
 
 
@@ -90,15 +92,24 @@ class SourceSpec:
 
 
 def specs(config: Config, resolver: Resolves | None = None) -> list[SourceSpec]:
-    """Every source of a config, clients first. `resolver` is shared by DNS sources."""
-    found = [_group_spec(group, config, resolver) for group in config.clients]
+    """Every source of a config, clients first. `resolver` is shared by DNS sources,
+    an inventory's reader by the device groups that name it."""
+    readers: dict[str, InventoryReader] = {}
+    found = [_group_spec(group, config, resolver, readers) for group in config.clients]
     for destination in config.destinations.values():
         found += _destination_specs(destination, config, resolver)
     return found
 
 
-def _group_spec(group: ClientGroup, config: Config, resolver: Resolves | None) -> SourceSpec:
+def _group_spec(
+    group: ClientGroup,
+    config: Config,
+    resolver: Resolves | None,
+    readers: dict[str, InventoryReader],
+) -> SourceSpec:
     limits = config.agent.prefix_limits
+    if isinstance(group, DeviceClients):
+        return _device_spec(group, config, readers)
 
     def make() -> Source:
         # Imported here: each source type pulls in its own library only when used.
@@ -116,6 +127,7 @@ def _group_spec(group: ClientGroup, config: Config, resolver: Resolves | None) -
             return HttpSource(group, limits)
         from repogate.sources.dns import DnsSource  # noqa: PLC0415
 
+        assert isinstance(group, DnsClients)
         return DnsSource(group, _resolver(config, resolver), max_stale=config.max_stale(group))
 
     if isinstance(group, FileClients):
@@ -138,6 +150,36 @@ def _group_spec(group: ClientGroup, config: Config, resolver: Resolves | None) -
         max_shrink=None if static else config.max_shrink(group),
         make=make,
         settings=(group, config.agent.prefix_limits, config.resolver),
+    )
+
+
+def _device_spec(
+    group: DeviceClients, config: Config, readers: dict[str, InventoryReader]
+) -> SourceSpec:
+    inventory = config.inventories.get(group.inventory) if group.inventory else None
+
+    def make() -> Source:
+        from repogate.sources.devices.source import DeviceSource, InventoryReader  # noqa: PLC0415
+
+        reader = None
+        if inventory is not None:
+            if inventory.name not in readers:
+                readers[inventory.name] = InventoryReader(inventory, config.agent.max_stale)
+            reader = readers[inventory.name]
+        return DeviceSource(group, reader)
+
+    where = group.interface or group.status_file or group.leases or ",".join(group.interfaces)
+    return SourceSpec(
+        key=group.name,
+        kind=group.type,
+        group=group.name,
+        destination=None,
+        fingerprint=f"{group.type}:{where}:{group.inventory or ''}",
+        interval=group.interval,
+        max_stale=config.max_stale(group),
+        max_shrink=config.max_shrink(group),
+        make=make,
+        settings=(group, inventory, config.agent.max_stale),
     )
 
 
@@ -226,7 +268,9 @@ class Collected:
     failures: Mapping[str, str] = field(default_factory=dict)
 
 
-LOCAL_KINDS = ("static", "file")  # sources read without the network
+# Sources read without the network: files, and the address maps of devices (local
+# files, sockets and the kernel), so a start admits present devices at once.
+LOCAL_KINDS = ("static", "file", "wireguard", "openvpn", "dhcp", "neighbours")
 
 
 def collect(config: Config, *, network: bool = True) -> Collected:

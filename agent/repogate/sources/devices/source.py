@@ -1,0 +1,224 @@
+"""A device group as a source: read the address map, join it with the inventory.
+
+It plugs into the same pipeline as every other client group: its entries are
+the addresses of devices admitted right now, and every device refused (not
+compliant, stale record, unknown) is a rejected entry with its reason, so the
+existing rules apply unchanged: a map that cannot be read keeps the group's
+last known good until max_stale, a shrink past max_shrink is held back.
+
+The inventory is read when it changed and shared by every group that names it;
+an inventory that cannot be read keeps its last good records for the agent's
+max_stale, then refuses everyone (fail closed).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from repogate.addresses import Rejected, normalise, parse_entry
+from repogate.config.schema import DeviceClients, Inventory
+from repogate.errors import SourceError
+from repogate.sources import SourceResult
+from repogate.sources.devices import DeviceRecord, IdentityKind, Sighting
+from repogate.sources.devices.inventory import parse_inventory, qualifies
+from repogate.sources.devices.join import Verdict, admitted_addresses, index, join
+
+SAMPLE = 20
+# An OpenVPN status file not rewritten for this long means the server is gone (it
+# rewrites it every `status FILE N` seconds, 60 by default): the map has failed.
+STATUS_MAX_AGE = 180.0
+
+
+class AddressMap(Protocol):
+    """What every map reader returns: who is present, and what it could not read."""
+
+    @property
+    def sightings(self) -> tuple[Sighting, ...]: ...
+
+    @property
+    def rejected(self) -> tuple[Rejected, ...]: ...
+
+
+@dataclass(frozen=True)
+class Records:
+    """An inventory as last read: its records by identity, and when they were read."""
+
+    by_identity: dict[tuple[IdentityKind, str], DeviceRecord]
+    records: tuple[DeviceRecord, ...]
+    rejected: tuple[Rejected, ...]
+    read_at: float
+
+
+class InventoryReader:
+    """One inventory, re-read only when its file changed; safe across threads."""
+
+    def __init__(self, inventory: Inventory, max_stale: float) -> None:
+        self.inventory = inventory
+        self.max_stale = max_stale
+        self._lock = threading.Lock()
+        self._last: Records | None = None
+        self._signature: object | None = None
+        self._etag: str | None = None
+        self.failure: str | None = None
+
+    @property
+    def last(self) -> Records | None:
+        """The records as last read (what `repogate devices` lists as absent)."""
+        return self._last
+
+    def signature(self) -> object | None:
+        """A file's identity and size and time; None for HTTP (its interval decides)."""
+        path = self.inventory.path
+        if path is None:
+            return None
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+    def current(self, now: float) -> Records:
+        """The records to judge by now; SourceError once nothing usable is left."""
+        with self._lock:
+            last = self._last
+            signature = self.signature()
+            if last is not None and self.failure is None:
+                if self.inventory.path is not None:
+                    if signature is not None and signature == self._signature:
+                        return last  # the file did not change
+                elif now - last.read_at < self.inventory.interval:
+                    return last  # HTTP: not due yet
+            try:
+                text = self._read()
+                parsed = parse_inventory(text) if text is not None else None
+            except SourceError as exc:
+                self.failure = str(exc)
+                return self._stale_or_fail(now)
+            self.failure = None
+            self._signature = signature
+            if parsed is None and last is not None:  # 304 Not Modified
+                self._last = Records(last.by_identity, last.records, last.rejected, now)
+            elif parsed is not None:
+                self._last = Records(index(parsed.records), parsed.records, parsed.rejected, now)
+            assert self._last is not None
+            return self._last
+
+    def _read(self) -> str | bytes | None:
+        """The inventory's text; None: unchanged since the last HTTP fetch."""
+        path = self.inventory.path
+        if path is not None:
+            try:
+                return path.read_bytes()
+            except OSError as exc:
+                raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        from repogate.sources.transport import fetch_url  # noqa: PLC0415 - HTTP only
+
+        assert self.inventory.http is not None
+        response = fetch_url(
+            self.inventory.http, etag=self._etag if self._last else None, last_modified=None
+        )
+        if response is None:
+            return None
+        self._etag = response.etag
+        return response.text
+
+    def _stale_or_fail(self, now: float) -> Records:
+        last = self._last
+        if last is not None and now - last.read_at < self.max_stale:
+            return last
+        raise SourceError(
+            f"inventory {self.inventory.name}: {self.failure}"
+            + ("; its last good records are past max_stale" if last is not None else "")
+        )
+
+
+MapReader = Callable[[DeviceClients, float], AddressMap]
+
+
+class DeviceSource:
+    """One device group: who is present on its map, judged against its inventory."""
+
+    def __init__(
+        self,
+        group: DeviceClients,
+        inventory: InventoryReader | None,
+        read_map: MapReader | None = None,
+    ) -> None:
+        self.group = group
+        self.inventory = inventory
+        self.read_map = read_map or read_address_map
+        self.verdicts: tuple[Verdict, ...] = ()  # the last judgement, for devices and explain
+
+    def signature(self) -> object | None:
+        return None  # leases expire and handshakes age: the answer changes with time alone
+
+    def fetch(self) -> SourceResult:
+        now = time.time()
+        seen = self.read_map(self.group, now)
+        by_identity = None
+        rejected: list[Rejected] = list(seen.rejected)
+        if self.inventory is not None:
+            records = self.inventory.current(now)
+            by_identity = records.by_identity
+            rejected += records.rejected
+        max_age = self.inventory.inventory.max_age if self.inventory is not None else None
+        judge = functools.partial(_qualifies, max_age=max_age)
+        self.verdicts = join(seen.sightings, by_identity, judge, now)
+        rejected += [_refusal(v) for v in self.verdicts if not v.admitted]
+        admitted = admitted_addresses(self.verdicts)
+        entries = normalise(parse_entry(address) for address in admitted)
+        return SourceResult(
+            entries,
+            accepted=len(admitted),
+            rejected_count=len(rejected),
+            rejected_sample=tuple(rejected[:SAMPLE]),
+            origin=f"{self.group.type} {_where(self.group)}",
+        )
+
+
+def _qualifies(record: DeviceRecord, now: float, *, max_age: float | None) -> tuple[bool, str]:
+    return qualifies(record, now=now, max_age=max_age)
+
+
+def _refusal(verdict: Verdict) -> Rejected:
+    sighting = verdict.sighting
+    who = f"device {verdict.device}" if verdict.device else "unknown device"
+    return Rejected(
+        f"{sighting.kind} {sighting.identity}",
+        " ".join(sighting.addresses),
+        f"{who}: {verdict.reason}",
+    )
+
+
+def _where(group: DeviceClients) -> str:
+    found = group.interface or group.status_file or group.leases or ",".join(group.interfaces)
+    return str(found or "")
+
+
+def read_address_map(group: DeviceClients, now: float) -> AddressMap:
+    """Read the group's map (each map type imports its own library only when used)."""
+    if group.type == "wireguard":
+        from repogate.sources.devices.wireguard import read_wireguard  # noqa: PLC0415
+
+        assert group.interface is not None
+        return read_wireguard(group.interface, max_handshake_age=group.max_handshake_age, now=now)
+    if group.type == "openvpn":
+        from repogate.sources.devices.openvpn import read_status_file  # noqa: PLC0415
+
+        assert group.status_file is not None
+        return read_status_file(
+            group.status_file, now=now, max_age=STATUS_MAX_AGE, interface=group.interface
+        )
+    if group.type == "dhcp":
+        from repogate.sources.devices.leases import read_leases  # noqa: PLC0415
+
+        assert group.leases is not None
+        return read_leases(group.leases, lease_format=group.lease_format, now=now)
+    from repogate.sources.devices.neighbours import read_neighbours  # noqa: PLC0415
+
+    return read_neighbours(group.interfaces, now=now)

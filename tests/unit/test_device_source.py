@@ -1,0 +1,122 @@
+"""Device groups through the whole pipeline: config, inventory file, map, join, entries."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from repogate.addresses import Rejected
+from repogate.config import DeviceClients, parse_config
+from repogate.errors import ConfigError
+from repogate.sources import specs
+from repogate.sources.devices import Sighting
+from repogate.sources.devices.source import DeviceSource, InventoryReader
+from tests.unit.conftest import base_dict
+
+CSV = """device,compliant,owner,openvpn,last_seen
+C02ALICE,true,alice,alice-laptop,{recent}
+C02MALLORY,false,mallory,mallory-laptop,{recent}
+"""
+
+
+class Seen:
+    def __init__(self, *sightings: Sighting) -> None:
+        self.sightings = sightings
+        self.rejected: tuple[Rejected, ...] = ()
+
+
+def config_with(tmp_path: Path, inventory_text: str) -> Any:
+    devices = tmp_path / "devices.csv"
+    devices.write_text(inventory_text)
+    document = base_dict()
+    document["inventories"] = [
+        {"name": "it", "type": "file", "path": str(devices), "format": "csv", "max_age": "7d"}
+    ]
+    document["clients"].append(
+        {
+            "name": "ovpn",
+            "type": "openvpn",
+            "status_file": str(tmp_path / "status.log"),
+            "interface": "tun0",
+            "inventory": "it",
+        }
+    )
+    return parse_config(document), devices
+
+
+def ovpn(cn: str, address: str) -> Sighting:
+    return Sighting("openvpn", cn, (address,), "connected", "tun0")
+
+
+def device_source(config: Any, sightings: Seen) -> DeviceSource:
+    group = config.group("ovpn")
+    assert isinstance(group, DeviceClients)
+    inventory = InventoryReader(config.inventories["it"], max_stale=3600)
+    return DeviceSource(group, inventory, read_map=lambda _group, _now: sightings)
+
+
+def test_only_compliant_present_devices_are_admitted_and_every_refusal_says_why(
+    tmp_path: Path,
+) -> None:
+    recent = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    config, _ = config_with(tmp_path, CSV.format(recent=recent))
+    seen = Seen(
+        ovpn("alice-laptop", "10.8.0.2"),
+        ovpn("mallory-laptop", "10.8.0.3"),
+        ovpn("eve", "10.8.0.4"),
+    )
+    result = device_source(config, seen).fetch()
+    assert result.entries.addresses_v4 == {"10.8.0.2"}
+    reasons = {r.where: r.reason for r in result.rejected_sample}
+    assert "device C02MALLORY" in reasons["openvpn mallory-laptop"]
+    assert "non-compliant" in reasons["openvpn mallory-laptop"]
+    assert reasons["openvpn eve"].startswith("unknown device")
+
+
+def test_flipping_compliant_in_the_inventory_revokes_at_the_next_read(tmp_path: Path) -> None:
+    recent = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    config, devices = config_with(tmp_path, CSV.format(recent=recent))
+    source = device_source(config, Seen(ovpn("alice-laptop", "10.8.0.2")))
+    assert source.fetch().entries.addresses_v4 == {"10.8.0.2"}
+    devices.write_text(CSV.format(recent=recent).replace("C02ALICE,true", "C02ALICE,false"))
+    os.utime(devices, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime for sure
+    assert source.fetch().entries.addresses_v4 == frozenset()
+
+
+def test_an_unreadable_inventory_keeps_its_last_records_until_max_stale(tmp_path: Path) -> None:
+    recent = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    config, devices = config_with(tmp_path, CSV.format(recent=recent))
+    source = device_source(config, Seen(ovpn("alice-laptop", "10.8.0.2")))
+    source.fetch()
+    devices.unlink()
+    assert source.fetch().entries.addresses_v4 == {"10.8.0.2"}  # last good records
+    assert source.inventory is not None and source.inventory.failure is not None
+
+
+def test_device_groups_are_checked_with_key_paths(tmp_path: Path) -> None:
+    document = base_dict()
+    document["clients"].append({"name": "vpn2", "type": "wireguard", "inventory": "itt"})
+    document["inventories"] = [
+        {"name": "it", "type": "file", "path": "/etc/repogate/devices.csv", "format": "csv"},
+        {"name": "mdm", "type": "file", "format": "xml"},
+    ]
+    with pytest.raises(ConfigError) as error:
+        parse_config(document)
+    text = str(error.value)
+    assert "clients[2].interface: is required" in text
+    assert "clients[2].inventory: 'itt' is not a defined inventory (did you mean 'it'?)" in text
+    assert "inventories[1].format: 'xml' is not one of: csv, json" in text
+    assert 'inventories[1].path: is required with type = "file"' in text
+
+
+def test_a_tunnel_group_is_bound_to_its_interface_and_shares_its_inventory(
+    tmp_path: Path,
+) -> None:
+    config, _ = config_with(tmp_path, CSV.format(recent="2026-01-01T00:00:00Z"))
+    assert config.group("ovpn").interfaces == ("tun0",)
+    spec = next(s for s in specs(config) if s.key == "ovpn")
+    assert spec.kind == "openvpn" and spec.interval == 2.0 and spec.max_stale is not None

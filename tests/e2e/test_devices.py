@@ -252,6 +252,7 @@ def test_an_openvpn_pool_address_reused_after_a_restart_follows_its_new_holder(
                         "name": "ovpn",
                         "type": "openvpn",
                         "status_file": str(server.status_path),
+                        "management": str(server.management),
                         "interface": "tun0",
                         "inventory": "it",
                         "interval": "0.5s",
@@ -299,6 +300,12 @@ def test_an_openvpn_pool_address_reused_after_a_restart_follows_its_new_holder(
         explained = lab.repogate("explain", mallory_address).stdout
         assert "C02MALLORY (mallory) via openvpn mallory-laptop" in explained, explained
         assert "non-compliant per inventory" in explained, explained
+
+        # Alice stops qualifying: refused, and disconnected through the management socket.
+        write_atomically(inventory, OVPN_INVENTORY.replace("C02ALICE,true", "C02ALICE,false"))
+        exited = wait_until(lambda: alice.process.proc.poll() is not None, 8.0, step=0.2)
+        assert exited is not None, daemon.context()
+        assert "disconnected alice-laptop" in daemon.log(), daemon.context()
     finally:
         for process in [*clients, server]:
             process.stop()

@@ -120,3 +120,39 @@ def test_a_tunnel_group_is_bound_to_its_interface_and_shares_its_inventory(
     assert config.group("ovpn").interfaces == ("tun0",)
     spec = next(s for s in specs(config) if s.key == "ovpn")
     assert spec.kind == "openvpn" and spec.interval == 2.0 and spec.max_stale is not None
+
+
+def test_check_warns_about_randomised_macs_and_bad_rows(tmp_path: Path) -> None:
+    import io
+
+    from repogate.cli.main import main
+
+    devices = tmp_path / "devices.csv"
+    devices.write_text(
+        "device,compliant,macs\nPHONE1,true,02:11:22:33:44:55\nLAPTOP2,maybe,00:11:22:33:44:66\n"
+    )
+    config = tmp_path / "repogate.toml"
+    config.write_text(
+        f"""
+[agent]
+state_dir = "{tmp_path / "state"}"
+[destinations.bitbucket]
+networks = ["104.192.136.0/21"]
+ports = [22]
+[[inventories]]
+name = "it"
+type = "file"
+path = "{devices}"
+format = "csv"
+[[clients]]
+name = "lan"
+type = "neighbours"
+interfaces = ["eth1"]
+inventory = "it"
+"""
+    )
+    out = io.StringIO()
+    assert main(["check", "--config", str(config)], out=out, err=io.StringIO()) == 0
+    text = out.getvalue()
+    assert "device PHONE1 lists 02:11:22:33:44:55, a locally administered (randomised) MAC" in text
+    assert "inventory it: row 3:" in text

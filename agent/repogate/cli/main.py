@@ -132,6 +132,33 @@ class Invocation:
 Handler = Callable[[Invocation], int]
 
 
+def _check_inventories(config: Config) -> list[str]:
+    """Local inventories: rows rejected, and randomised MACs (a phone or laptop with
+    MAC randomisation shows another MAC on each network, so such a record never matches)."""
+    from repogate.sources.devices.inventory import parse_inventory  # noqa: PLC0415
+    from repogate.sources.devices.macs import is_randomised  # noqa: PLC0415
+
+    lines: list[str] = []
+    for inventory in config.inventories.values():
+        if inventory.path is None:
+            continue
+        try:
+            parsed = parse_inventory(inventory.path.read_bytes())
+        except (OSError, SourceError) as exc:
+            lines.append(f"warning: inventory {inventory.name}: {exc}")
+            continue
+        for rejected in parsed.rejected[:5]:
+            lines.append(f"warning: inventory {inventory.name}: {rejected}")
+        for record in parsed.records:
+            for mac in filter(is_randomised, record.macs):
+                lines.append(
+                    f"warning: inventory {inventory.name}: device {record.device} lists {mac}, "
+                    "a locally administered (randomised) MAC: turn randomisation off for "
+                    "this network or identify the device another way"
+                )
+    return lines
+
+
 def _check(call: Invocation) -> int:
     """Validate the config and read local lists; never wait for the network (it runs as
     ExecStartPre, possibly before the network is up)."""
@@ -151,6 +178,8 @@ def _check(call: Invocation) -> int:
         if result.rejected_count:
             sample = "; ".join(str(r) for r in result.rejected_sample[:3])
             print(f"{spec.label}: {result.rejected_count} entries rejected ({sample})", file=out)
+    for line in _check_inventories(config):
+        print(line, file=out)
     print(
         f"{config.path}: ok: {len(config.clients)} client groups ({entries} local entries"
         + (f", {remote} network sources" if remote else "")

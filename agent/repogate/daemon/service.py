@@ -37,7 +37,7 @@ from repogate.daemon.reconciler import Reconciler
 from repogate.daemon.reload import reload
 from repogate.daemon.requests import RequestHandler
 from repogate.daemon.sources import SourceTable
-from repogate.daemon.watch import BootWriter, EgressWatch
+from repogate.daemon.watch import BootWriter, EgressWatch, StateWriter
 from repogate.engine import Engine, Generation, Outcome
 from repogate.errors import ConfigError, RepogateError
 from repogate.instance import Instance
@@ -132,6 +132,8 @@ class Daemon:
         for key in self.sources.unseen_hosts(store):
             self._fetch(key, force=True)
         self.boot = BootWriter(state_dir / "ruleset.nft", lambda: self.engine.last_applied)
+        self.state_writer = StateWriter(self.engine)
+        self.engine.state_changed = self.state_writer.mark
         self.drift = DriftWatch(backend, config, self._verify)
         self.reconciler = Reconciler(self._reconcile_work, self.drift.tick, self.drift.interval)
         # The rules of the previous run stay in force until this diff applies: the
@@ -146,7 +148,7 @@ class Daemon:
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
             self._start_scheduler()
-            for part in (self.boot, self.drift, self.reconciler, self.control):
+            for part in (self.boot, self.state_writer, self.drift, self.reconciler, self.control):
                 part.start()
             from repogate.daemon.netlink import LinkWatcher  # noqa: PLC0415 - pyroute2
 
@@ -208,6 +210,7 @@ class Daemon:
         self.drift.close()
         if not self.reconciler.stop(STOP_DEADLINE):
             log.warning("the reconcile in flight did not finish in time; stopping anyway")
+        self.state_writer.close()
         table = self.generation.table
         # A sync asked over the control socket may still be committing: it takes
         # milliseconds, but a stop never waits on it for longer than the deadline.

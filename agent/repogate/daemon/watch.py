@@ -12,6 +12,7 @@ from pathlib import Path
 
 from repogate.daemon.metrics import Metrics
 from repogate.daemon.netlink import interface_addresses
+from repogate.engine import Engine
 from repogate.logs import event
 from repogate.model import DesiredState
 from repogate.nft.render import render_boot
@@ -104,3 +105,34 @@ class BootWriter:
                 write_atomically(self.path, render_boot(desired))
             except OSError as exc:
                 log.warning("could not write %s: %s", self.path, exc)
+
+
+class StateWriter:
+    """Writes the engine's state file from its own thread after reconciles, so the
+    write and its fsync never sit on the reconcile path; the stop writes it last."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._dirty = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def mark(self) -> None:
+        self._dirty.set()
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._dirty.set()
+        self._thread.join(timeout=2.0)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            self._dirty.wait()
+            if self._stopped.is_set():
+                return
+            self._dirty.clear()
+            with self.engine.lock:  # records change only inside a reconcile
+                self.engine.save_state()

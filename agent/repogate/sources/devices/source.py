@@ -14,10 +14,12 @@ max_stale, then refuses everyone (fail closed).
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from repogate.addresses import Rejected, normalise, parse_entry
@@ -29,6 +31,7 @@ from repogate.sources.devices.inventory import parse_inventory, qualifies
 from repogate.sources.devices.join import Verdict, admitted_addresses, index, join
 
 SAMPLE = 20
+log = logging.getLogger("repogate")
 # An OpenVPN status file not rewritten for this long means the server is gone (it
 # rewrites it every `status FILE N` seconds, 60 by default): the map has failed.
 STATUS_MAX_AGE = 180.0
@@ -153,6 +156,7 @@ class DeviceSource:
         self.inventory = inventory
         self.read_map = read_map or read_address_map
         self.verdicts: tuple[Verdict, ...] = ()  # the last judgement, for devices and explain
+        self._admitted: set[str] = set()  # identities admitted at the last read
 
     def signature(self) -> object | None:
         return None  # leases expire and handshakes age: the answer changes with time alone
@@ -169,6 +173,7 @@ class DeviceSource:
         max_age = self.inventory.inventory.max_age if self.inventory is not None else None
         judge = functools.partial(_qualifies, max_age=max_age)
         self.verdicts = join(seen.sightings, by_identity, judge, now)
+        self._disconnect_revoked(seen)
         rejected += [_refusal(v) for v in self.verdicts if not v.admitted]
         admitted = admitted_addresses(self.verdicts)
         entries = normalise(parse_entry(address) for address in admitted)
@@ -179,6 +184,32 @@ class DeviceSource:
             rejected_sample=tuple(rejected[:SAMPLE]),
             origin=f"{self.group.type} {_where(self.group)}",
         )
+
+    def _disconnect_revoked(self, seen: AddressMap) -> None:
+        """With an OpenVPN management socket, a connected client that stops qualifying is
+        also disconnected (`client-kill CID HALT`: its client exits rather than retrying),
+        beyond its packets being refused."""
+        admitted = {v.sighting.identity for v in self.verdicts if v.admitted}
+        revoked = self._admitted - admitted
+        self._admitted = admitted
+        management = self.group.management
+        if not revoked or management is None or self.group.type != "openvpn":
+            return
+        from repogate.sources.devices.openvpn import OpenvpnManagement, OpenvpnStatus  # noqa: PLC0415
+
+        present = {v.sighting.identity for v in self.verdicts}
+        clients = seen.clients if isinstance(seen, OpenvpnStatus) else ()
+        for name in sorted(revoked & present):
+            try:
+                control = OpenvpnManagement(Path(management))
+                ids = [c.client_id for c in clients if c.common_name == name and c.client_id]
+                for client_id in ids:
+                    control.client_kill(client_id)
+                if not ids:
+                    control.kill(name)
+                log.warning("openvpn: disconnected %s, which no longer qualifies", name)
+            except (SourceError, OSError) as exc:
+                log.warning("openvpn: cannot disconnect %s through %s: %s", name, management, exc)
 
 
 def _qualifies(record: DeviceRecord, now: float, *, max_age: float | None) -> tuple[bool, str]:

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,13 +47,26 @@ class AuditLog:
         self.path = path
         self._handle: IO[str] | None = None
 
-    def record(self, plan: Plan, desired: DesiredState, reason: str) -> list[dict[str, Any]]:
-        """Write one line per changed set; return them."""
-        lines = self.prepare(plan, desired, reason)
+    def record(
+        self,
+        plan: Plan,
+        desired: DesiredState,
+        reason: str,
+        devices: Mapping[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Write one line per changed set; return them. `devices` names the device
+        (and owner) behind an address, for lines of device groups."""
+        lines = self.prepare(plan, desired, reason, devices)
         self._write(lines)
         return lines
 
-    def prepare(self, plan: Plan, desired: DesiredState, reason: str) -> list[dict[str, Any]]:
+    def prepare(
+        self,
+        plan: Plan,
+        desired: DesiredState,
+        reason: str,
+        devices: Mapping[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
         """The lines for a change, without writing them (see `write`)."""
         now = time.time()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now))
@@ -75,6 +88,9 @@ class AuditLog:
                     "detail": reason,
                 }
             )
+            named = {e: devices[e] for e in (*added, *removed) if devices and e in devices}
+            if named:
+                lines[-1]["devices"] = named
         return lines
 
     def write(self, lines: list[dict[str, Any]], text: str | None = None) -> None:

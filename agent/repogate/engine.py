@@ -184,7 +184,10 @@ class Engine:
             self.last_applied = desired
             self._remember_table(table)
             self._state_changed()
-            self.audit.record(plan, desired, reason)
+            devices = {
+                a: d for result in inputs.results.values() for a, d in result.devices.items()
+            }
+            self.audit.record(plan, desired, reason, devices)
             if moved_from is not None:
                 self.audit.record_event(moved_from, "table deleted (agent.table renamed)", reason)
             return outcome(True, seconds, plan)

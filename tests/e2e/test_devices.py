@@ -208,6 +208,10 @@ def test_wireguard_devices_admitted_while_compliant_and_cut_when_they_stop(
         hold.wait()
     rows = json.loads(lab.repogate("devices", "--json").stdout)
     assert {r["device"]: r["state"] for r in rows}["C02ALICE"] == "non-compliant", rows
+    # The audit trail names the device and owner behind each change.
+    trail = [json.loads(line) for line in (lab.state_dir / "audit.jsonl").read_text().splitlines()]
+    removed = [line for line in trail if ALICE_TUNNEL in line.get("removed", [])]
+    assert removed and removed[-1]["devices"] == {ALICE_TUNNEL: "C02ALICE (alice)"}, removed
 
 
 OVPN_INVENTORY = """device,compliant,owner,openvpn

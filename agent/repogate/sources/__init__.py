@@ -49,6 +49,8 @@ class SourceResult:
     # When it was read (set by whoever fetched): a shrink hold is released only by a
     # later fetch that agrees, never by a reconcile that reuses this result.
     fetched_at: float = 0.0
+    # Device groups: the device (and owner) behind each address, for the audit trail.
+    devices: Mapping[str, str] = field(default_factory=dict)
 
 
 class Source(Protocol):

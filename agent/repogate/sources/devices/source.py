@@ -157,6 +157,7 @@ class DeviceSource:
         self.read_map = read_map or read_address_map
         self.verdicts: tuple[Verdict, ...] = ()  # the last judgement, for devices and explain
         self._admitted: set[str] = set()  # identities admitted at the last read
+        self._devices: dict[str, str] = {}  # address -> "device (owner)" at the last read
 
     def signature(self) -> object | None:
         return None  # leases expire and handshakes age: the answer changes with time alone
@@ -177,12 +178,21 @@ class DeviceSource:
         rejected += [_refusal(v) for v in self.verdicts if not v.admitted]
         admitted = admitted_addresses(self.verdicts)
         entries = normalise(parse_entry(address) for address in admitted)
+        current: dict[str, str] = {}
+        for verdict in self.verdicts:
+            if verdict.record is not None:
+                owner = f" ({verdict.record.owner})" if verdict.record.owner else ""
+                for address in verdict.sighting.addresses:
+                    current[address] = f"{verdict.record.device}{owner}"
+        # An address that just left still names its last holder, for the removal's line.
+        devices, self._devices = {**self._devices, **current}, current
         return SourceResult(
             entries,
             accepted=len(admitted),
             rejected_count=len(rejected),
             rejected_sample=tuple(rejected[:SAMPLE]),
             origin=f"{self.group.type} {_where(self.group)}",
+            devices=devices,
         )
 
     def _disconnect_revoked(self, seen: AddressMap) -> None:

@@ -170,6 +170,11 @@ def stand_in_metrics(elapsed: float, now: float) -> str:
         ),
         *_family("repogate_destination_addresses", "gauge", [({"destination": "bitbucket"}, 7)]),
         *_family(
+            "repogate_inventory_last_success_timestamp_seconds",
+            "gauge",
+            [({"inventory": "it"}, now - 30)],
+        ),
+        *_family(
             "repogate_devices",
             "gauge",
             [({"group": "lan", "state": s}, n) for s, n in (("admitted", 3), ("unknown", 1))],

@@ -62,6 +62,9 @@ def test_a_failing_https_inventory_keeps_its_records_until_max_stale(
     servers.good.route("/devices.csv", Route(status=500, body=b"down"))
     kept = inventory.current(now=1100.0)  # failing, within max_stale: last good records
     assert [r.device for r in kept.records] == ["C02ALICE"] and inventory.failure
+    asked = len(servers.good.requests("/devices.csv"))
+    inventory.current(now=1110.0)  # failing: asked again only at its interval
+    assert len(servers.good.requests("/devices.csv")) == asked
     with pytest.raises(SourceError, match="past max_stale"):
         inventory.current(now=1400.0)
     servers.good.reset()

@@ -80,6 +80,11 @@ class Metrics:
                     ("group", "state"),
                 ),
                 _Family(
+                    "repogate_inventory_last_success_timestamp_seconds",
+                    "When each device inventory was last read successfully.",
+                    ("inventory",),
+                ),
+                _Family(
                     "repogate_egress_address_info",
                     "The host's egress addresses (Bitbucket's IP allowlist must contain them).",
                     ("interface", "address"),
@@ -184,6 +189,11 @@ class Metrics:
     def devices(self, counts: Mapping[tuple[str, str], int]) -> None:
         """Devices per (group, state), from the device groups' last verdicts."""
         self._replaced.replace("repogate_devices", counts.items())
+
+    def inventories(self, read_at: Mapping[str, float]) -> None:
+        """When each inventory was last read successfully (its freshness)."""
+        series = [((name,), at) for name, at in read_at.items()]
+        self._replaced.replace("repogate_inventory_last_success_timestamp_seconds", series)
 
     def egress(self, addresses: Iterable[tuple[str, str]]) -> None:
         self._replaced.replace("repogate_egress_address_info", [(a, 1) for a in addresses])

@@ -72,7 +72,18 @@ class Publisher:
         self.metrics.set_sizes({name: len(spec.elements) for name, spec in desired.sets.items()})
         self.metrics.group_sizes({name: len(entries) for name, entries in desired.groups.items()})
         self.metrics.devices(self._device_counts(generation))
+        self.metrics.inventories(self._inventory_reads(generation))
         self._publish(generation, outcome)
+
+    def _inventory_reads(self, generation: Generation) -> dict[str, float]:
+        found: dict[str, float] = {}
+        for spec in generation.specs:
+            source = self.sources.source(spec.key)
+            if isinstance(source, DeviceSource) and source.inventory is not None:
+                last = source.inventory.last
+                if last is not None and source.inventory.failure is None:
+                    found[source.inventory.inventory.name] = last.read_at
+        return found
 
     def _device_counts(self, generation: Generation) -> dict[tuple[str, str], int]:
         counts: dict[tuple[str, str], int] = {}

@@ -67,6 +67,7 @@ class InventoryReader:
         self._last: Records | None = None
         self._signature: object | None = None
         self._etag: str | None = None
+        self._attempted = float("-inf")  # the last HTTP fetch, failed or not
         self.failure: str | None = None
 
     @property
@@ -96,6 +97,9 @@ class InventoryReader:
                         return last  # the file did not change
                 elif now - last.read_at < self.inventory.interval:
                     return last  # HTTP: not due yet
+            if self.inventory.path is None and now - self._attempted < self.inventory.interval:
+                return self._stale_or_fail(now)  # HTTP failing: ask again at its interval
+            self._attempted = now
             try:
                 text = self._read()
                 parsed = parse_inventory(text) if text is not None else None

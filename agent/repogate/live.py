@@ -71,7 +71,7 @@ class LiveView:
     drift_repairs: int = 0
     started_at: float | None = None
     config: str = ""
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = ()
     present: bool = True  # whether the table exists in the kernel
     pending: Mapping[str, int] = field(default_factory=dict)  # elements to add, delete
 

@@ -71,9 +71,7 @@ def _local_view(call: Invocation) -> tuple[LiveView, dict[str, Any]]:
         notes.append(str(exc))
         outcome = _offline(config, inputs)
     last_success = last_fetched(here.engine.store)
-    counters = (
-        backend.read_counters(config.agent.table) if hasattr(backend, "read_counters") else {}
-    )
+    counters = backend.read_counters(config.agent.table)
     view = LiveView(
         table=config.agent.table,
         daemon_pid=None,

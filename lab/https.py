@@ -147,14 +147,24 @@ class LabHttpServer:
             return self._routes.get(seen.path.partition("?")[0])
 
 
-class _Server(ThreadingHTTPServer):
+class TrackedServer(ThreadingHTTPServer):
+    """A threading HTTP(S) server whose TLS handshakes run in the connection's thread and
+    whose open connections `close_connections` shuts at once (lab.mdm builds on it)."""
+
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], lab: LabHttpServer) -> None:
-        self.lab = lab
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        tls: ssl.SSLContext | None,
+    ) -> None:
+        self.tls = tls
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the FQDN of the address: a DNS query for nothing.
@@ -169,8 +179,8 @@ class _Server(ThreadingHTTPServer):
         with self._open_lock:
             self._open.add(connection)  # tracked from the start: a stalled handshake too
         try:
-            if self.lab.tls is not None:
-                wrapped = self.lab.tls.wrap_socket(
+            if self.tls is not None:
+                wrapped = self.tls.wrap_socket(
                     connection, server_side=True, do_handshake_on_connect=False
                 )
                 with self._open_lock:
@@ -178,7 +188,7 @@ class _Server(ThreadingHTTPServer):
                     self._open.add(wrapped)
                 connection = wrapped
                 connection.do_handshake()
-            _Handler(connection, client_address, self)
+            self.RequestHandlerClass(connection, client_address, self)
         except OSError:
             # ssl.SSLError included: the client refused our certificate, or hung up
             # mid-answer (it stopped reading at max_bytes). The test expects exactly that.
@@ -196,6 +206,12 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Stay quiet: broken connections are what half of these tests provoke."""
+
+
+class _Server(TrackedServer):
+    def __init__(self, address: tuple[str, int], lab: LabHttpServer) -> None:
+        self.lab = lab
+        super().__init__(address, _Handler, lab.tls)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -9,11 +9,16 @@ last verdicts, so the daemon and the CLI say the same.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from repogate.live import EXPIRED, FAILING, NEVER_FETCHED, OK, InventoryView
+from repogate.sources.devices import DeviceRecord
+from repogate.sources.devices.inventory import qualifies
 from repogate.sources.devices.join import ADMITTED, CONTESTED, NON_COMPLIANT, UNKNOWN
+from repogate.sources.devices.reader import InventoryReader
 from repogate.sources.devices.source import DeviceSource
 
 ABSENT = "absent"
@@ -38,8 +43,9 @@ class DeviceRow:
         return cls(**{**data, "addresses": tuple(data.get("addresses", ()))})
 
 
-def device_rows(sources: Mapping[str, DeviceSource]) -> list[DeviceRow]:
+def device_rows(sources: Mapping[str, DeviceSource], now: float | None = None) -> list[DeviceRow]:
     """One row per sighting judged, then one per inventory record seen nowhere."""
+    now = time.time() if now is None else now
     rows: list[DeviceRow] = []
     seen: set[tuple[str, str]] = set()  # (inventory, device)
     for group, source in sorted(sources.items()):
@@ -69,10 +75,61 @@ def device_rows(sources: Mapping[str, DeviceSource]) -> list[DeviceRow]:
             if key in seen:
                 continue
             seen.add(key)
-            rows.append(
-                DeviceRow(group, record.device, record.owner, ABSENT, "", (), "not seen now")
-            )
+            reason = _absent_reason(record, source, now)
+            rows.append(DeviceRow(group, record.device, record.owner, ABSENT, "", (), reason))
     return rows
+
+
+IDENTITY_OF = {"wireguard": "wireguard", "openvpn": "openvpn", "dhcp": "macs", "neighbours": "macs"}
+
+
+def _absent_reason(record: DeviceRecord, source: DeviceSource, now: float) -> str:
+    """Why a listed device is not admitted although nothing refused it on the network:
+    nothing of it is seen, or it has no identity this group's map could see."""
+    kind = IDENTITY_OF[source.group.type]
+    if not getattr(record, kind):
+        what = {"macs": "no MAC", "wireguard": "no WireGuard key", "openvpn": "no OpenVPN name"}
+        reason = f"{what[kind]} is known for it (add one to the inventory or an enrolment map)"
+    else:
+        reason = f"absent from the network: no {source.group.type} sighting of it now"
+    max_age = source.inventory.inventory.max_age if source.inventory is not None else None
+    ok, why = qualifies(record, now=now, max_age=max_age)
+    return reason if ok else f"{reason}; and {why}"
+
+
+def inventory_views(sources: Mapping[str, DeviceSource], now: float) -> tuple[InventoryView, ...]:
+    """Every inventory the device groups read, once each, as `status` shows it."""
+    readers: dict[str, InventoryReader] = {}
+    for source in sources.values():
+        if source.inventory is not None:
+            readers.setdefault(source.inventory.inventory.name, source.inventory)
+    views = []
+    for name, reader in sorted(readers.items()):
+        last = reader.last
+        records = last.records if last is not None else ()
+        max_age = reader.inventory.max_age
+        compliant = sum(1 for r in records if qualifies(r, now=now, max_age=max_age)[0])
+        if last is None:
+            state = NEVER_FETCHED if reader.failure is None else FAILING
+        elif reader.failure is None:
+            state = OK
+        else:
+            state = FAILING if now - last.read_at < reader.max_stale else EXPIRED
+        views.append(
+            InventoryView(
+                name=name,
+                type=reader.inventory.type,
+                state=state,
+                records=len(records),
+                compliant=compliant,
+                rejected=len(last.rejected) if last is not None else 0,
+                last_success=last.read_at if last is not None else None,
+                error=reader.failure or "",
+                stale_since=reader.stale_since,
+                expires_at=last.read_at + reader.max_stale if last and reader.failure else None,
+            )
+        )
+    return tuple(views)
 
 
 ORDER = (ADMITTED, CONTESTED, NON_COMPLIANT, UNKNOWN, ABSENT)

@@ -47,6 +47,22 @@ class SourceView:
 
 
 @dataclass(frozen=True)
+class InventoryView:
+    """One inventory as its reader last left it: what `status` and the metrics say."""
+
+    name: str
+    type: str  # file, http, intune, jamf, fleet
+    state: str  # OK, NEVER_FETCHED, FAILING (keeping its last good records), EXPIRED
+    records: int = 0
+    compliant: int = 0
+    rejected: int = 0
+    last_success: float | None = None
+    error: str = ""
+    stale_since: float | None = None
+    expires_at: float | None = None  # failing: when its last good records stop counting
+
+
+@dataclass(frozen=True)
 class DestinationView:
     name: str
     addresses: int  # addresses and networks in its sets, both families
@@ -74,6 +90,7 @@ class LiveView:
     notes: tuple[str, ...] = ()
     present: bool = True  # whether the table exists in the kernel
     pending: Mapping[str, int] = field(default_factory=dict)  # elements to add, delete
+    inventories: tuple[InventoryView, ...] = ()
 
     @property
     def not_gated(self) -> list[str]:
@@ -122,6 +139,10 @@ def summary(view: LiveView) -> str:
         keys = [s.key for s in view.sources if s.state == state]
         if keys:
             parts.append(f"{state}: {', '.join(keys)}")
+    for state in (EXPIRED, FAILING):
+        names = [i.name for i in view.inventories if i.state == state]
+        if names:
+            parts.append(f"inventory {state}: {', '.join(names)}")
     if view.last_error:
         parts.append(f"reconcile failing: {view.last_error}")
     return "; ".join(parts)
@@ -152,6 +173,10 @@ def from_json(data: Mapping[str, Any]) -> LiveView:
         config=str(data.get("config", "")),
         notes=tuple(data.get("notes", ())),
         present=bool(data.get("present", True)),
+        inventories=tuple(
+            InventoryView(**{k: v for k, v in i.items() if k in InventoryView.__dataclass_fields__})
+            for i in data.get("inventories", ())
+        ),
     )
 
 

@@ -23,7 +23,13 @@ def epoch(text: str) -> float:
 
 @pytest.mark.parametrize(
     "text",
-    ["AA-BB-CC-DD-EE-F0", "aabb.ccdd.eef0", "AA:BB:CC:DD:EE:F0", " aa:bb:cc:dd:ee:f0 "],
+    [
+        "AA-BB-CC-DD-EE-F0",
+        "aabb.ccdd.eef0",
+        "AA:BB:CC:DD:EE:F0",
+        " aa:bb:cc:dd:ee:f0 ",
+        "AABBCCDDEEF0",
+    ],
 )
 def test_macs_in_the_usual_forms_are_normalised(text: str) -> None:
     assert normalise_mac(text) == "aa:bb:cc:dd:ee:f0"
@@ -33,7 +39,7 @@ def test_macs_in_the_usual_forms_are_normalised(text: str) -> None:
     "text",
     [
         "",
-        "aabbccddeef0",  # bare hex: not one of the three forms
+        "aabbccddeef",  # bare hex (Intune's form) needs all twelve digits
         "aa:bb:cc:dd:ee",
         "aa:bb:cc:dd:ee:f0:11",
         "aa-bb:cc-dd:ee-f0",  # mixed separators

@@ -7,7 +7,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from repogate.lastgood import KERNEL, NOTHING
-from repogate.live import EXPIRED, FAILING, HELD, NEVER_FETCHED, OK, STALE, LiveView, SourceView
+from repogate.live import (
+    EXPIRED,
+    FAILING,
+    HELD,
+    NEVER_FETCHED,
+    OK,
+    STALE,
+    InventoryView,
+    LiveView,
+    SourceView,
+)
 from repogate.report import plural
 
 
@@ -56,6 +66,9 @@ def format_status(
     if view.sources:
         lines += ["", "sources:"]
         lines += [f"  {_source_line(source)}" for source in view.sources]
+    if view.inventories:
+        lines += ["", "inventories:"]
+        lines += [f"  {_inventory_line(inventory)}" for inventory in view.inventories]
     lines += ["", "sets:"]
     width = max((len(name) for name in view.sets), default=10)
     for name, size in sorted(view.sets.items()):
@@ -109,6 +122,32 @@ def _source_line(source: SourceView) -> str:
             f"{_when(source.last_success)} until {until}"
         )
     return f"{head}: {source.state}"
+
+
+def _inventory_line(inventory: InventoryView) -> str:
+    head = f"{inventory.name} ({inventory.type})"
+    counts = (
+        f"{plural(inventory.records, 'device record')}, {inventory.compliant} compliant and fresh"
+    )
+    if inventory.rejected:
+        counts += f", {plural(inventory.rejected, 'record')} rejected"
+    if inventory.state == OK:
+        return f"{head}: ok, {counts}; read {_when(inventory.last_success)}"
+    if inventory.state == NEVER_FETCHED:
+        return f"{head}: not read yet"
+    if inventory.state == EXPIRED:
+        return (
+            f"{head}: EXPIRED since {_when(inventory.expires_at)}: failing since "
+            f"{_when(inventory.stale_since)} and its last good records are past max_stale, "
+            f"so every device is refused ({inventory.error})"
+        )
+    if inventory.last_success is None:
+        return f"{head}: FAILING, never read: every device is refused ({inventory.error})"
+    return (
+        f"{head}: FAILING since {_when(inventory.stale_since)} ({inventory.error}); judging by "
+        f"its last good records ({counts}) from {_when(inventory.last_success)} until "
+        f"{_when(inventory.expires_at)}"
+    )
 
 
 def _traffic(counters: Mapping[str, Any]) -> list[str]:

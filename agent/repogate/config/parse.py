@@ -7,6 +7,7 @@ invalid file never changes the kernel.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -18,7 +19,8 @@ from repogate.addresses import canonical_address
 from repogate.config.checks import IFNAME_PATTERN, Checker, did_you_mean
 from repogate.config.clients import parse_clients
 from repogate.config.destinations import parse_destinations
-from repogate.config.devices import check_inventory_names, parse_inventories
+from repogate.config.devices import check_inventory_names
+from repogate.config.inventories import parse_enrolments, parse_inventories
 from repogate.config.schema import (
     DEFAULT_METRICS_PORT,
     AgentConfig,
@@ -29,6 +31,7 @@ from repogate.config.schema import (
     MetricsConfig,
     ResolverConfig,
     Rule,
+    WhyConfig,
 )
 from repogate.errors import ConfigError, ConfigProblem
 from repogate.model import Hook
@@ -76,6 +79,8 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> Config:
             "audit",
             "destinations",
             "inventories",
+            "enrolments",
+            "why",
             "clients",
             "rules",
         },
@@ -85,15 +90,43 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> Config:
     resolver = _parse_resolver(check, top.get("resolver", {}))
     destinations = parse_destinations(check, top.get("destinations"), base)
     inventories = parse_inventories(check, top.get("inventories"), base)
+    inventories = parse_enrolments(check, top.get("enrolments"), base, inventories)
     clients = parse_clients(check, top.get("clients"), agent, base)
     check_inventory_names(check, top.get("clients"), clients, inventories)
     rules = _parse_rules(check, top.get("rules", []), destinations, clients)
     metrics = _parse_metrics(check, top.get("metrics", {}), base)
     audit_table = check.table(top.get("audit", {}), "audit", {"path"})
     audit = AuditConfig(path=check.file(audit_table, "audit", "path", base))
+    why = _parse_why(check, top.get("why", {}))
     if check.problems:
         raise ConfigError(check.problems, str(path) if path else "")
-    return Config(agent, destinations, clients, rules, path, resolver, metrics, audit, inventories)
+    return Config(
+        agent, destinations, clients, rules, path, resolver, metrics, audit, inventories, why
+    )
+
+
+def _parse_why(check: Checker, raw: object) -> WhyConfig:
+    """`listen`: one ADDRESS:PORT or a list; the addresses devices reach the host on
+    (a VPN's or LAN's gateway address), never a wildcard: the page is for them only."""
+    table = check.table(raw, "why", {"listen"})
+    value = table.get("listen", [])
+    listens = [value] if isinstance(value, str) else value
+    if not isinstance(listens, list):
+        check.problem("why.listen", "must be ADDRESS:PORT or a list of them")
+        return WhyConfig()
+    found: list[tuple[str, int]] = []
+    for index, listen in enumerate(listens):
+        where = "why.listen" if isinstance(value, str) else f"why.listen[{index}]"
+        match = LISTEN_PATTERN.fullmatch(listen) if isinstance(listen, str) else None
+        address = (match.group(1) or match.group(2)) if match else None
+        canonical = canonical_address(address) if address else None
+        if match is None or canonical is None or not 1 <= int(match.group(3)) <= 65535:
+            check.problem(where, f'{listen!r} is not ADDRESS:PORT (like "10.30.0.1:8080")')
+        elif ipaddress.ip_address(canonical[1]).is_unspecified:
+            check.problem(where, f"{listen!r}: name the gateway's own address, not a wildcard")
+        else:
+            found.append((canonical[1], int(match.group(3))))
+    return WhyConfig(tuple(found))
 
 
 def _parse_metrics(check: Checker, raw: object, base: Path | None) -> MetricsConfig:

@@ -56,6 +56,13 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WhyConfig:
+    """The "why" page: answers each device, on the addresses given, with its own verdict."""
+
+    listen: tuple[tuple[str, int], ...] = ()  # (address, port); empty: off
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     path: Path | None = None  # also append every change as one JSON line here
 
@@ -177,19 +184,59 @@ class DnsClients:
 DeviceMap = Literal["wireguard", "openvpn", "dhcp", "neighbours"]
 
 
+MdmVendor = Literal["intune", "jamf", "fleet"]
+MDM_VENDORS: tuple[MdmVendor, ...] = ("intune", "jamf", "fleet")
+# Microsoft Graph's complianceState values (managedDevice, v1.0).
+INTUNE_STATES = (
+    "unknown",
+    "compliant",
+    "noncompliant",
+    "conflict",
+    "error",
+    "inGracePeriod",
+    "configManager",
+)
+
+
+@dataclass(frozen=True)
+class MdmOptions:
+    """An MDM read through its API: where, with which credential, what counts as compliant.
+
+    `http.url` is the API's base (Graph for Intune, the server for Jamf Pro and Fleet);
+    its ca_file, timeout and max_bytes (per response) apply to every request, the token
+    request included. Secrets stay in files, read at each token request.
+    """
+
+    vendor: MdmVendor
+    http: HttpOptions
+    authority: str = "https://login.microsoftonline.com"  # intune
+    tenant: str = ""  # intune
+    client_id: str = ""  # intune, jamf
+    client_secret_file: Path | None = None  # intune, jamf
+    compliant_states: tuple[str, ...] = ("compliant",)  # intune
+    compliant_group: str = ""  # jamf: membership of this computer group decides
+    policies: tuple[int, ...] = ()  # fleet: these must pass; empty: no failing policy
+    page_size: int = 100
+
+
 @dataclass(frozen=True)
 class Inventory:
-    """Who is compliant: a device list (CSV or JSON) in a file or over HTTPS."""
+    """Who is compliant: a device list (CSV or JSON) in a file, over HTTPS, or an MDM's API."""
 
     name: str
     format: Literal["csv", "json"]
     path: Path | None = None  # type "file"
     http: HttpOptions | None = None  # type "http"
     max_age: float | None = None  # a record last seen longer ago no longer counts
-    interval: float = 10.0  # how often it is checked (HTTP: fetched) for changes
+    interval: float = 10.0  # how often it is checked (HTTP, MDM: fetched) for changes
+    mdm: MdmOptions | None = None  # types "intune", "jamf", "fleet"
+    max_stale: float | None = None  # None: the agent's
+    enrolments: tuple[Path, ...] = ()  # CSVs joining its devices to VPN identities
 
     @property
-    def type(self) -> Literal["file", "http"]:
+    def type(self) -> Literal["file", "http", "intune", "jamf", "fleet"]:
+        if self.mdm is not None:
+            return self.mdm.vendor
         return "file" if self.path is not None else "http"
 
 
@@ -243,6 +290,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     audit: AuditConfig = AuditConfig()
     inventories: Mapping[str, Inventory] = field(default_factory=dict)
+    why: WhyConfig = WhyConfig()
 
     def max_stale(self, group: ClientGroup) -> float:
         own = getattr(group, "max_stale", None)

@@ -35,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from repogate import __version__
 from repogate.config.schema import MetricsConfig
 from repogate.errors import RepogateError
+from repogate.live import OK, InventoryView
 from repogate.model import CounterValue
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,18 @@ class Metrics:
                     "repogate_inventory_last_success_timestamp_seconds",
                     "When each device inventory was last read successfully.",
                     ("inventory",),
+                ),
+                _Family(
+                    "repogate_inventory_up",
+                    "1 while each device inventory's last read succeeded; 0 while it fails "
+                    "(its last good records are kept until max_stale).",
+                    ("inventory", "type"),
+                ),
+                _Family(
+                    "repogate_inventory_records",
+                    "Device records in each inventory as last read, by whether they qualify "
+                    "now (compliant and fresh).",
+                    ("inventory", "qualifies"),
                 ),
                 _Family(
                     "repogate_egress_address_info",
@@ -190,10 +203,16 @@ class Metrics:
         """Devices per (group, state), from the device groups' last verdicts."""
         self._replaced.replace("repogate_devices", counts.items())
 
-    def inventories(self, read_at: Mapping[str, float]) -> None:
-        """When each inventory was last read successfully (its freshness)."""
-        series = [((name,), at) for name, at in read_at.items()]
-        self._replaced.replace("repogate_inventory_last_success_timestamp_seconds", series)
+    def inventories(self, views: Iterable[InventoryView]) -> None:
+        """Each inventory's freshness, health and records."""
+        views = list(views)
+        read = [((v.name,), v.last_success) for v in views if v.last_success is not None]
+        self._replaced.replace("repogate_inventory_last_success_timestamp_seconds", read)
+        up = [((v.name, v.type), v.state == OK) for v in views]
+        self._replaced.replace("repogate_inventory_up", up)
+        records = [((v.name, "true"), v.compliant) for v in views]
+        records += [((v.name, "false"), v.records - v.compliant) for v in views]
+        self._replaced.replace("repogate_inventory_records", records)
 
     def egress(self, addresses: Iterable[tuple[str, str]]) -> None:
         self._replaced.replace("repogate_egress_address_info", [(a, 1) for a in addresses])

@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from repogate.daemon.events import announce_expiries, announce_holds, log_changes
 from repogate.daemon.metrics import Metrics
 from repogate.daemon.notify import Notifier
 from repogate.daemon.sources import SourceTable
+from repogate.devices import inventory_views
 from repogate.engine import Generation, Outcome
 from repogate.lastgood import ShrinkHold, Staleness
-from repogate.live import LiveView, destinations_of, not_gated_warning, source_views, summary
+from repogate.live import (
+    InventoryView,
+    LiveView,
+    destinations_of,
+    not_gated_warning,
+    source_views,
+    summary,
+)
 from repogate.logs import event
 from repogate.sources.devices.source import DeviceSource
 
@@ -71,29 +79,11 @@ class Publisher:
         self.metrics.known_sets(desired.sets)
         self.metrics.set_sizes({name: len(spec.elements) for name, spec in desired.sets.items()})
         self.metrics.group_sizes({name: len(entries) for name, entries in desired.groups.items()})
-        self.metrics.devices(self._device_counts(generation))
-        self.metrics.inventories(self._inventory_reads(generation))
-        self._publish(generation, outcome)
-
-    def _inventory_reads(self, generation: Generation) -> dict[str, float]:
-        found: dict[str, float] = {}
-        for spec in generation.specs:
-            source = self.sources.source(spec.key)
-            if isinstance(source, DeviceSource) and source.inventory is not None:
-                last = source.inventory.last
-                if last is not None and source.inventory.failure is None:
-                    found[source.inventory.inventory.name] = last.read_at
-        return found
-
-    def _device_counts(self, generation: Generation) -> dict[tuple[str, str], int]:
-        counts: dict[tuple[str, str], int] = {}
-        for spec in generation.specs:
-            source = self.sources.source(spec.key)
-            if isinstance(source, DeviceSource):
-                for verdict in source.verdicts:
-                    key = (spec.key, verdict.state)
-                    counts[key] = counts.get(key, 0) + 1
-        return counts
+        device_sources = self.sources.device_sources()
+        self.metrics.devices(_device_counts(device_sources))
+        inventories = inventory_views(device_sources, self.clock())
+        self.metrics.inventories(inventories)
+        self._publish(generation, outcome, inventories)
 
     def _announce_table(self, generation: Generation, outcome: Outcome, reason: str) -> None:
         if outcome.drift:
@@ -122,7 +112,9 @@ class Publisher:
                     if items:
                         self.metrics.set_changes.labels(set=change.name, op=op).inc(len(items))
 
-    def _publish(self, generation: Generation, outcome: Outcome) -> None:
+    def _publish(
+        self, generation: Generation, outcome: Outcome, inventories: tuple[InventoryView, ...]
+    ) -> None:
         destinations = destinations_of(generation, outcome)
         self.metrics.destination_sizes({d.name: d.addresses for d in destinations})
         desired = outcome.desired
@@ -146,6 +138,7 @@ class Publisher:
             drift_repairs=self.drift_repairs,
             started_at=self.started_at,
             config=str(self.config_path),
+            inventories=inventories,
         )
         previous = self.live
         self.live = view
@@ -155,3 +148,12 @@ class Publisher:
 
     def status_line(self) -> str:
         return summary(self.live) if self.live is not None else "starting"
+
+
+def _device_counts(sources: Mapping[str, DeviceSource]) -> dict[tuple[str, str], int]:
+    counts: dict[tuple[str, str], int] = {}
+    for group, source in sources.items():
+        for verdict in source.verdicts:
+            key = (group, verdict.state)
+            counts[key] = counts.get(key, 0) + 1
+    return counts

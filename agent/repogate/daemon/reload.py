@@ -62,6 +62,8 @@ def reload(daemon: Daemon) -> None:
     daemon.metrics.reload_ok.set(1)
     if config.metrics != old.metrics:
         log.warning("[metrics] changed: restart the service to apply it")
+    if config.why != old.why:
+        log.warning("[why] changed: restart the service to apply it")
     daemon.audit.path = config.audit.path
     unchanged = " (no change to enforcement)" if outcome and not outcome.applied else ""
     event(log, logging.INFO, f"reloaded {daemon.config_path}{unchanged}", reason="reload")

@@ -8,11 +8,13 @@ daemon runs instead of racing it.
 from __future__ import annotations
 
 import dataclasses
+import socket
 from typing import TYPE_CHECKING, Any
 
 from repogate.devices import device_lines_for, device_rows
 from repogate.explain import explain, format_explanation
 from repogate.report import describe, describe_sources
+from repogate.sources.devices.join import ADMITTED
 from repogate.sources.devices.source import DeviceSource
 
 if TYPE_CHECKING:
@@ -78,12 +80,42 @@ class RequestHandler:
         }
 
     def device_sources(self) -> dict[str, DeviceSource]:
-        found = {}
-        for spec in self.daemon.generation.specs:
-            source = self.daemon.sources.source(spec.key)
-            if isinstance(source, DeviceSource):
-                found[spec.key] = source
-        return found
+        return self.daemon.sources.device_sources()
+
+    def why(self, address: str) -> str:
+        """The why page for the device at `address`: its own verdict, nothing else."""
+        lines = [f"repogate on {socket.gethostname()}: the gate to Bitbucket", ""]
+        lines.append(f"Your address: {address}")
+        rows = [r for r in device_rows(self.device_sources()) if address in r.addresses]
+        for row in rows:
+            who = row.device or "a device repogate does not know"
+            owner = f" ({row.owner})" if row.owner else ""
+            verdict = "ADMITTED" if row.state == ADMITTED else f"REFUSED ({row.state})"
+            lines += [
+                "",
+                f"Device: {who}{owner}, seen as {row.identity} (group {row.group})",
+                f"Verdict: {verdict}",
+                f"Reason: {row.reason}",
+            ]
+        desired = self.daemon.engine.last_applied
+        if desired is not None:
+            found = explain(self.daemon.config, desired, self.daemon.engine.model, address)
+            lines.append("")
+            for reach in found.reaches:
+                groups = sorted({m.group for m in reach.via})
+                if reach.allowed_ports:
+                    ports = ", ".join(map(str, reach.allowed_ports))
+                    lines.append(
+                        f"{reach.destination}: allowed on TCP {ports} (group {', '.join(groups)})"
+                    )
+                else:
+                    lines.append(f"{reach.destination}: refused")
+            if not rows and not found.memberships:
+                lines.append(
+                    "No client group lists this address and no device group sees a device at it."
+                )
+        lines += ["", "Ask your admin with this page if the reason is not what you expect."]
+        return "\n".join(lines) + "\n"
 
     def explain(self, address: str) -> dict[str, Any]:
         engine = self.daemon.engine

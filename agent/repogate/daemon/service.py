@@ -30,7 +30,8 @@ from repogate.audit import AuditLog
 from repogate.config import Config, load_config
 from repogate.daemon.control import ControlServer
 from repogate.daemon.drift import DriftWatch
-from repogate.daemon.metrics import Metrics, MetricsError, MetricsServer
+from repogate.daemon.listeners import WhyServer, start_metrics
+from repogate.daemon.metrics import Metrics, MetricsServer
 from repogate.daemon.notify import Notifier
 from repogate.daemon.publish import Publisher
 from repogate.daemon.reconciler import Reconciler
@@ -142,7 +143,9 @@ class Daemon:
             log.error("initial reconcile failed; the previous rules (if any) stay in force")
             return EXIT_FAILURE
         self._egress.update(self._egress_interfaces(), log_always=True)
-        self.control = ControlServer(lambda: self.lock.listener, RequestHandler(self).handle)
+        requests = RequestHandler(self)
+        self.control = ControlServer(lambda: self.lock.listener, requests.handle)
+        self.why = WhyServer(config.why.listen, requests.why)
         # Worker threads inherit a blocked signal mask, so signals always reach the main
         # thread, which is waiting for them.
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
@@ -165,18 +168,8 @@ class Daemon:
         self._metrics_started_with: object = config.metrics
         if config.metrics.host is None:
             return True
-        try:
-            self._metrics_server = MetricsServer(config.metrics, self.metrics.registry)
-        except MetricsError as exc:
-            log.error("%s", exc)
-            return False
-        scheme = "https" if config.metrics.tls_cert_file else "http"
-        host = config.metrics.host
-        shown = f"[{host}]" if ":" in host else host
-        event(
-            log, logging.INFO, f"metrics on {scheme}://{shown}:{self._metrics_server.port}/metrics"
-        )
-        return True
+        self._metrics_server = start_metrics(config.metrics, self.metrics.registry)
+        return self._metrics_server is not None
 
     def _main_loop(self) -> None:
         watchdog = self.notifier.watchdog_interval
@@ -229,6 +222,7 @@ class Daemon:
             event(log, logging.INFO, f"stopped; table inet {table} stays in force (on_stop = keep)")
         if self._metrics_server is not None:
             self._metrics_server.close()
+        self.why.close()
         self.audit.reopen()
         self.notifier.close()
         return EXIT_OK

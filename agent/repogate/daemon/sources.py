@@ -26,6 +26,7 @@ from repogate.sources import LOCAL_KINDS, Source, SourceResult, SourceSpec, spec
 from repogate.state import StateStore
 
 if TYPE_CHECKING:
+    from repogate.sources.devices.source import DeviceSource
     from repogate.sources.dns import Resolves
 
 log = logging.getLogger("repogate")
@@ -109,6 +110,14 @@ class SourceTable:
             state = self._states.get(key)
             return state.source if state is not None else None
 
+    def device_sources(self) -> dict[str, DeviceSource]:
+        """The device groups' sources by group, for the devices view and inventories."""
+        from repogate.sources.devices.source import DeviceSource  # noqa: PLC0415
+
+        with self._lock:
+            states = list(self._states.items())
+        return {key: s.source for key, s in states if isinstance(s.source, DeviceSource)}
+
     def never_fetched(self, key: str) -> bool:
         with self._lock:
             state = self._states[key]
@@ -163,12 +172,21 @@ class SourceTable:
         result = dataclasses.replace(result, fetched_at=self.clock())
         with self._lock:
             recovered = state.failure is not None
-            changed = state.result is None or state.result.entries != result.entries
+            previous = state.result
+            changed = previous is None or (previous.entries, previous.notes) != (
+                result.entries,
+                result.notes,
+            )
             state.result, state.failure, state.failing_since = result, None, None
             state.signature = signature
         if recovered:
             event(log, logging.INFO, f"source {key} recovered", source=key)
-        if result.rejected_count:
+        # Said when the rejections change, not at every read (a device group reads its
+        # map every few seconds and refuses the same devices each time).
+        rejections = (result.rejected_count, result.rejected_sample)
+        if result.rejected_count and (
+            previous is None or rejections != (previous.rejected_count, previous.rejected_sample)
+        ):
             sample = "; ".join(str(r) for r in result.rejected_sample[:3])
             event(
                 log,

@@ -27,13 +27,14 @@ from repogate.config import (
     DnsClients,
     FileClients,
     HttpClients,
+    Inventory,
     StaticClients,
 )
 from repogate.config.presets import PRESETS, Snapshot
 from repogate.errors import SourceError
 
 if TYPE_CHECKING:  # these import this module; only their types are needed here
-    from repogate.sources.devices.source import InventoryReader
+    from repogate.sources.devices.reader import InventoryReader
     from repogate.sources.dns import Resolves
 
 
@@ -51,6 +52,9 @@ class SourceResult:
     fetched_at: float = 0.0
     # Device groups: the device (and owner) behind each address, for the audit trail.
     devices: Mapping[str, str] = field(default_factory=dict)
+    # What the admin should know although the entries did not change (an inventory
+    # failing behind a device group): a change here is published like one in entries.
+    notes: tuple[str, ...] = ()
 
 
 class Source(Protocol):
@@ -161,12 +165,15 @@ def _device_spec(
     inventory = config.inventories.get(group.inventory) if group.inventory else None
 
     def make() -> Source:
-        from repogate.sources.devices.source import DeviceSource, InventoryReader  # noqa: PLC0415
+        from repogate.sources.devices.reader import InventoryReader  # noqa: PLC0415
+        from repogate.sources.devices.source import DeviceSource  # noqa: PLC0415
 
         reader = None
         if inventory is not None:
             if inventory.name not in readers:
-                readers[inventory.name] = InventoryReader(inventory, config.agent.max_stale)
+                readers[inventory.name] = InventoryReader(
+                    inventory, config.agent.max_stale, needs_macs=_needs_macs(config, inventory)
+                )
             reader = readers[inventory.name]
         return DeviceSource(group, reader)
 
@@ -182,6 +189,16 @@ def _device_spec(
         max_shrink=config.max_shrink(group),
         make=make,
         settings=(group, inventory, config.agent.max_stale),
+    )
+
+
+def _needs_macs(config: Config, inventory: Inventory) -> bool:
+    """Whether a MAC-keyed map (leases, neighbours) judges by this inventory."""
+    return any(
+        isinstance(group, DeviceClients)
+        and group.inventory == inventory.name
+        and group.type in ("dhcp", "neighbours")
+        for group in config.clients
     )
 
 

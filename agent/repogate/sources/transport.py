@@ -34,6 +34,7 @@ from repogate import __version__
 from repogate.config.schema import HttpOptions
 from repogate.errors import SourceError
 from repogate.sources.trust import read_token, tls_context
+from repogate.sources.urls import Target, UrlError, display_url, parse_target, retry_after
 
 USER_AGENT = f"repogate/{__version__}"
 MAX_REDIRECTS = 5
@@ -41,9 +42,8 @@ MAX_REDIRECTS = 5
 # timeout: 10 s per connect or read gives a whole fetch 40 s.
 DEADLINE_FACTOR = 4
 _READ_PIECE = 64 * 1024
+DETAIL_BYTES = 4096  # of an error body, for connectors that read their vendor's errors
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_SAFE_PATH = "/%:@!$&'()*+,;=-._~"
-_SAFE_QUERY = _SAFE_PATH + "?"
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,39 @@ class HttpResponse:
     content_type: str | None = None
 
 
+@dataclass(frozen=True)
+class Call:
+    """A request other than a plain GET of a list: an API call (MDM connectors).
+
+    `authorization` is the whole header value ("Bearer ..."); like the token of a
+    list, it is sent to the configured origin only. A redirect is followed for GET
+    only: a POST carrying a client secret is never re-sent elsewhere.
+    """
+
+    method: str = "GET"
+    body: bytes | None = None
+    content_type: str | None = None
+    authorization: str | None = None
+    accept: str = "*/*"
+
+
+class HttpStatusError(SourceError):
+    """The server answered, but not 200: the status, its Retry-After, a bit of its body.
+
+    `detail` is at most DETAIL_BYTES of the error body as text, for connectors that can
+    read their vendor's error format; it is never part of the message (it may echo
+    anything the server chose to send).
+    """
+
+    def __init__(
+        self, message: str, status: int, retry_after: float | None = None, detail: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+        self.detail = detail
+
+
 class Fetcher(Protocol):
     """What sources call to fetch; tests hand in a fake instead of a server."""
 
@@ -66,25 +99,16 @@ class Fetcher(Protocol):
     ) -> HttpResponse | None: ...
 
 
-class _FetchError(Exception):
+class _FetchError(UrlError):
     """A fetch failed for a reason already worded for the admin (the URL is added later)."""
 
 
-@dataclass(frozen=True)
-class _Target:
-    url: str
-    https: bool
-    host: str
-    port: int
-    path: str  # path and query, as sent in the request line
-
-    @property
-    def origin(self) -> tuple[bool, str, int]:
-        return (self.https, self.host, self.port)
-
-    @property
-    def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+class _StatusError(_FetchError):
+    def __init__(self, message: str, status: int, retry_after: float | None, detail: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+        self.detail = detail
 
 
 @dataclass
@@ -122,20 +146,52 @@ def fetch_url(
     `timeout` bounds the connect, the TLS handshake and each read; `deadline` (default
     DEADLINE_FACTOR x timeout) bounds the whole fetch, redirects included.
     """
+    return _run(options, Call(), etag, last_modified, deadline)
+
+
+def call(options: HttpOptions, request: Call, *, deadline: float | None = None) -> HttpResponse:
+    """One API request to `options.url`; anything but 200 raises (HttpStatusError for a
+    status, with its Retry-After), with the same limits and messages as `fetch_url`."""
+    answer = _run(options, request, None, None, deadline)
+    if answer is None:
+        raise SourceError(
+            f"{options.url}: HTTP 304 Not Modified to a request that was not conditional"
+        )
+    return answer
+
+
+def _run(
+    options: HttpOptions,
+    request: Call,
+    etag: str | None,
+    last_modified: str | None,
+    deadline: float | None,
+) -> HttpResponse | None:
     budget = options.timeout * DEADLINE_FACTOR if deadline is None else deadline
     clock = _Clock(options.timeout, budget, time.monotonic() + budget)
+    shown = display_url(options.url) if request.method != "GET" else options.url
     try:
-        return _fetch(options, etag, last_modified, clock)
-    except (_FetchError, SourceError) as exc:  # SourceError: the token or CA file
-        raise SourceError(f"{options.url}: {exc}") from exc
+        return _fetch(options, request, etag, last_modified, clock)
+    except _StatusError as exc:
+        raise HttpStatusError(f"{shown}: {exc}", exc.status, exc.retry_after, exc.detail) from exc
+    except (UrlError, SourceError) as exc:  # SourceError: the token or CA file
+        raise SourceError(f"{shown}: {exc}") from exc
 
 
 def _fetch(
-    options: HttpOptions, etag: str | None, last_modified: str | None, clock: _Clock
+    options: HttpOptions,
+    request: Call,
+    etag: str | None,
+    last_modified: str | None,
+    clock: _Clock,
 ) -> HttpResponse | None:
-    target = _target(options.url, options.allow_insecure, redirected=False)
-    token = read_token(options.token_file) if options.token_file is not None else None
-    headers = {"User-Agent": USER_AGENT, "Accept": "*/*"}
+    target = parse_target(options.url, options.allow_insecure, redirected=False)
+    authorization = request.authorization
+    if authorization is None and options.token_file is not None:
+        authorization = f"Bearer {read_token(options.token_file)}"
+    headers = {"User-Agent": USER_AGENT, "Accept": request.accept}
+    if request.content_type:
+        headers["Content-Type"] = request.content_type
     if etag:
         headers["If-None-Match"] = etag
     if last_modified:
@@ -146,13 +202,17 @@ def _fetch(
         sent = dict(headers)
         # The token is for the configured origin only: never to another host, and never
         # in clear text to the same host after a redirect from https to http.
-        if token is not None and target.origin == first_origin:
-            sent["Authorization"] = f"Bearer {token}"
+        if authorization is not None and target.origin == first_origin:
+            sent["Authorization"] = authorization
         if target.https and context is None:
             context = tls_context(options.ca_file)
-        answer = _exchange(target, sent, options, context, clock)
+        answer = _exchange(target, sent, request, options, context, clock)
         if isinstance(answer, str):
-            target = _target(
+            if request.method != "GET":
+                raise _FetchError(
+                    f"redirected to {display_url(answer)}: a {request.method} is not followed"
+                )
+            target = parse_target(
                 urllib.parse.urljoin(target.url, answer), options.allow_insecure, redirected=True
             )
             continue
@@ -162,48 +222,10 @@ def _fetch(
     raise _FetchError(f"more than {MAX_REDIRECTS} redirects")
 
 
-def _target(url: str, allow_insecure: bool, *, redirected: bool) -> _Target:
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    where = f"redirected to {_display(url)}: " if redirected else ""
-    if scheme == "http" and not allow_insecure:
-        raise _FetchError(
-            f"{where}plain http:// is refused (set allow_insecure = true to allow it, "
-            "and accept that anyone on the path can then change the list)"
-        )
-    if scheme not in ("http", "https"):
-        allowed = "http:// and https://" if allow_insecure else "https://"
-        raise _FetchError(f"{where}only {allowed} URLs can be fetched")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise _FetchError(f"{where}bad port in URL: {exc}") from exc
-    if not parts.hostname:
-        raise _FetchError(f"{where}no host in URL")
-    https = scheme == "https"
-    path = urllib.parse.quote(parts.path or "/", safe=_SAFE_PATH)
-    if parts.query:
-        path += "?" + urllib.parse.quote(parts.query, safe=_SAFE_QUERY)
-    return _Target(url, https, parts.hostname, port or (443 if https else 80), path)
-
-
-def _display(url: str) -> str:
-    """A URL for messages: without query or credentials (a presigned URL's signature)."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        port = ""
-    query = "?..." if parts.query else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}{query}"
-
-
-def _exchange(
-    target: _Target,
+def _exchange(  # noqa: PLR0917 - the request's parts, each used once
+    target: Target,
     headers: Mapping[str, str],
+    request: Call,
     options: HttpOptions,
     context: ssl.SSLContext | None,
     clock: _Clock,
@@ -226,7 +248,7 @@ def _exchange(
         # the connection, but the body is still read from this socket.
         sock = connection.sock
         clock.phase = f"waiting for {target.address} to answer"
-        connection.request("GET", target.path, headers=dict(headers))
+        connection.request(request.method, target.path, body=request.body, headers=dict(headers))
         sock.settimeout(clock.next_timeout())
         response = connection.getresponse()
         if response.status in _REDIRECT_STATUSES:
@@ -237,7 +259,7 @@ def _exchange(
         if response.status == 304:
             return None
         if response.status != 200:
-            raise _FetchError(f"HTTP {response.status} {response.reason}".rstrip())
+            raise _status_error(response, sock, clock)
         clock.phase = f"reading the body from {target.address}"
         body = _read_body(response, sock, options.max_bytes, clock)
         return HttpResponse(
@@ -284,6 +306,24 @@ def _read_body(
     return b"".join(pieces)
 
 
+def _status_error(
+    response: http.client.HTTPResponse, sock: socket.socket, clock: _Clock
+) -> _StatusError:
+    """A non-200 answer, with its Retry-After and the start of its body (best effort)."""
+    detail = b""
+    try:
+        sock.settimeout(min(clock.next_timeout(), 2.0))
+        detail = response.read1(DETAIL_BYTES)
+    except (OSError, http.client.HTTPException, _FetchError):
+        pass
+    return _StatusError(
+        f"HTTP {response.status} {response.reason}".rstrip(),
+        response.status,
+        retry_after(response.getheader("Retry-After")),
+        detail.decode("utf-8", "replace"),
+    )
+
+
 def _decode(body: bytes, headers: Message) -> str:
     charset = headers.get_content_charset() or "utf-8"
     try:
@@ -301,7 +341,7 @@ def _decode(body: bytes, headers: Message) -> str:
 
 
 def _describe(  # noqa: PLR0911 - one return per kind of failure, in precedence order
-    exc: BaseException, target: _Target, options: HttpOptions, clock: _Clock
+    exc: BaseException, target: Target, options: HttpOptions, clock: _Clock
 ) -> str:
     """Word a socket, TLS or HTTP error for the admin. Order matters: SSLError is an OSError."""
     if isinstance(exc, TimeoutError):

@@ -21,28 +21,29 @@ _CA_BUNDLES = (
 )
 
 
-def read_token(path: Path) -> str:
+def read_token(path: Path, key: str = "token_file") -> str:
     """The bearer token in `path`, read at each fetch so a rotated token needs no reload.
 
-    Errors name the file, never its content: the token must not reach a log.
+    Errors name the file (as the config's `key`), never its content: the token, or the
+    client secret read the same way, must not reach a log.
     """
     try:
         with path.open("rb") as handle:
             raw = handle.read(MAX_TOKEN_BYTES + 1)
     except OSError as exc:
-        raise SourceError(f"cannot read token_file {path}: {exc.strerror or exc}") from exc
+        raise SourceError(f"cannot read {key} {path}: {exc.strerror or exc}") from exc
     if len(raw) > MAX_TOKEN_BYTES:
-        raise SourceError(f"token_file {path} is over {MAX_TOKEN_BYTES} bytes: not a token")
+        raise SourceError(f"{key} {path} is over {MAX_TOKEN_BYTES} bytes: not a token")
     try:
         token = raw.decode("ascii").strip()
     except UnicodeDecodeError:
         # from None: the decode error carries the file's bytes.
-        raise SourceError(f"token_file {path} holds non-ASCII bytes") from None
+        raise SourceError(f"{key} {path} holds non-ASCII bytes") from None
     if not token:
-        raise SourceError(f"token_file {path} is empty")
+        raise SourceError(f"{key} {path} is empty")
     if any(char.isspace() or not char.isprintable() for char in token):
         raise SourceError(
-            f"token_file {path} must hold one token on one line "
+            f"{key} {path} must hold one token on one line "
             "(it holds spaces, several lines or control characters)"
         )
     return token

@@ -21,6 +21,11 @@ class DeviceRecord:
     device: str  # the identity shown to people (a serial number); unique per inventory
     compliant: bool
     owner: str = ""
+    name: str = ""  # what the MDM calls it ("Anna's MacBook Pro"), for people
+    # Why the inventory says not compliant, in its own terms ("Intune complianceState =
+    # noncompliant"); empty: the generic wording.
+    refusal: str = ""
+    seen_as: str = "last seen"  # how the inventory words last_seen ("last Intune sync")
     group: str = ""
     last_seen: float | None = None  # epoch seconds; older than max_age: stale record
     expires: float | None = None  # epoch seconds; past it: not compliant

@@ -30,7 +30,7 @@ from repogate.errors import SourceError
 from repogate.sources.devices import DeviceRecord
 from repogate.sources.devices.macs import InvalidMacError, is_randomised, normalise_mac
 
-__all__ = ["ParsedInventory", "is_randomised", "parse_inventory", "qualifies"]
+__all__ = ["ParsedInventory", "is_randomised", "parse_inventory", "qualifies", "row_identities"]
 
 REQUIRED = ("device", "compliant")
 _TRUE = frozenset({"true", "yes", "1"})
@@ -174,6 +174,21 @@ def _record(raw: Mapping[str, object]) -> DeviceRecord:
         group=_text(raw, "group"),
         last_seen=_time(raw, "last_seen"),
         expires=_time(raw, "expires"),
+        **row_identities(raw).__dict__,
+    )
+
+
+@dataclass(frozen=True)
+class Identities:
+    macs: tuple[str, ...]
+    wireguard: tuple[str, ...]
+    openvpn: tuple[str, ...]
+
+
+def row_identities(raw: Mapping[str, object]) -> Identities:
+    """A row's `macs`, `wireguard` and `openvpn` cells, checked and normalised;
+    ValueError names the column and the value that is wrong."""
+    return Identities(
         macs=tuple(_unique(_mac(value) for value in _values(raw, "macs"))),
         wireguard=tuple(_unique(_wireguard(value) for value in _values(raw, "wireguard"))),
         openvpn=tuple(_unique(_common_name(value) for value in _values(raw, "openvpn"))),
@@ -264,18 +279,20 @@ def qualifies(record: DeviceRecord, *, now: float, max_age: float | None) -> tup
     does not qualify (nothing says the inventory has heard from it at all).
     """
     if not record.compliant:
-        return False, "non-compliant per inventory"
+        return False, record.refusal or "non-compliant per inventory"
     if record.expires is not None and now >= record.expires:
         return False, f"record expired at {_when(record.expires)}"
     if max_age is not None:
         if record.last_seen is None:
-            return False, f"no last_seen in the inventory, and max_age {_span(max_age)} needs one"
+            missing = "last_seen" if record.seen_as == "last seen" else record.seen_as  # CSV column
+            return False, f"no {missing} in the inventory, and max_age {_span(max_age)} needs one"
         age = now - record.last_seen
         if age > max_age:
-            return False, f"last seen {_ago(age)}, older than max_age {_span(max_age)}"
+            when = f" ({_when(record.last_seen)})" if record.seen_as != "last seen" else ""
+            return False, f"{record.seen_as} {_ago(age)}{when}, older than max_age {_span(max_age)}"
     details = ["compliant per inventory"]
     if record.last_seen is not None:
-        details.append(f"last seen {_ago(max(0.0, now - record.last_seen))}")
+        details.append(f"{record.seen_as} {_ago(max(0.0, now - record.last_seen))}")
     if record.expires is not None:
         details.append(f"until {_when(record.expires)}")
     return True, ", ".join(details)

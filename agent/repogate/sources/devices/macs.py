@@ -1,7 +1,8 @@
 """MAC addresses: one text form, so an inventory's MAC and a lease's MAC compare as strings.
 
 Inventories export MACs the way their vendor prints them (`AA-BB-CC-DD-EE-FF` from
-Windows, `aabb.ccdd.eeff` from Cisco, `AA:BB:...` from everything else); leases and
+Windows, `aabb.ccdd.eeff` from Cisco, `AABBCCDDEEFF` from Intune, `AA:BB:...` from
+everything else); leases and
 the kernel print `aa:bb:cc:dd:ee:ff`. Anything else is refused rather than guessed
 at: a MAC read wrongly admits the wrong device or none.
 """
@@ -13,6 +14,7 @@ import re
 _COLONS = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 _DASHES = re.compile(r"[0-9a-f]{2}(?:-[0-9a-f]{2}){5}")
 _DOTS = re.compile(r"[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}")
+_BARE = re.compile(r"[0-9a-f]{12}")
 
 
 class InvalidMacError(ValueError):
@@ -20,7 +22,7 @@ class InvalidMacError(ValueError):
 
 
 def normalise_mac(text: str) -> str:
-    """Return `aa:bb:cc:dd:ee:ff` for a MAC in one of the three usual forms, or raise.
+    """Return `aa:bb:cc:dd:ee:ff` for a MAC in one of the four usual forms, or raise.
 
     Group (multicast, broadcast) and all-zero addresses are refused too: no device sends
     from them, so an inventory or a map that names one has a mistake in it.
@@ -30,6 +32,8 @@ def normalise_mac(text: str) -> str:
         digits = lowered.replace(":", "").replace("-", "")
     elif _DOTS.fullmatch(lowered):
         digits = lowered.replace(".", "")
+    elif _BARE.fullmatch(lowered):
+        digits = lowered
     else:
         raise InvalidMacError(f"{text!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
     if int(digits[:2], 16) & 0x01:

@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from repogate.addresses import Rejected, normalise, parse_entry
-from repogate.config.schema import DeviceClients, Inventory
+from repogate.config.schema import DeviceClients
 from repogate.errors import SourceError
 from repogate.sources import SourceResult
-from repogate.sources.devices import DeviceRecord, IdentityKind, Sighting
-from repogate.sources.devices.inventory import parse_inventory, qualifies
-from repogate.sources.devices.join import Verdict, admitted_addresses, index, join
+from repogate.sources.devices import DeviceRecord, Sighting
+from repogate.sources.devices.inventory import qualifies
+from repogate.sources.devices.join import Verdict, admitted_addresses, join
+from repogate.sources.devices.reader import InventoryReader
 
 SAMPLE = 20
 log = logging.getLogger("repogate")
@@ -45,103 +44,6 @@ class AddressMap(Protocol):
 
     @property
     def rejected(self) -> tuple[Rejected, ...]: ...
-
-
-@dataclass(frozen=True)
-class Records:
-    """An inventory as last read: its records by identity, and when they were read."""
-
-    by_identity: dict[tuple[IdentityKind, str], DeviceRecord]
-    records: tuple[DeviceRecord, ...]
-    rejected: tuple[Rejected, ...]
-    read_at: float
-
-
-class InventoryReader:
-    """One inventory, re-read only when its file changed; safe across threads."""
-
-    def __init__(self, inventory: Inventory, max_stale: float) -> None:
-        self.inventory = inventory
-        self.max_stale = max_stale
-        self._lock = threading.Lock()
-        self._last: Records | None = None
-        self._signature: object | None = None
-        self._etag: str | None = None
-        self._attempted = float("-inf")  # the last HTTP fetch, failed or not
-        self.failure: str | None = None
-
-    @property
-    def last(self) -> Records | None:
-        """The records as last read (what `repogate devices` lists as absent)."""
-        return self._last
-
-    def signature(self) -> object | None:
-        """A file's identity and size and time; None for HTTP (its interval decides)."""
-        path = self.inventory.path
-        if path is None:
-            return None
-        try:
-            stat = path.stat()
-        except OSError:
-            return None
-        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-    def current(self, now: float) -> Records:
-        """The records to judge by now; SourceError once nothing usable is left."""
-        with self._lock:
-            last = self._last
-            signature = self.signature()
-            if last is not None and self.failure is None:
-                if self.inventory.path is not None:
-                    if signature is not None and signature == self._signature:
-                        return last  # the file did not change
-                elif now - last.read_at < self.inventory.interval:
-                    return last  # HTTP: not due yet
-            if self.inventory.path is None and now - self._attempted < self.inventory.interval:
-                return self._stale_or_fail(now)  # HTTP failing: ask again at its interval
-            self._attempted = now
-            try:
-                text = self._read()
-                parsed = parse_inventory(text) if text is not None else None
-            except SourceError as exc:
-                self.failure = str(exc)
-                return self._stale_or_fail(now)
-            self.failure = None
-            self._signature = signature
-            if parsed is None and last is not None:  # 304 Not Modified
-                self._last = Records(last.by_identity, last.records, last.rejected, now)
-            elif parsed is not None:
-                self._last = Records(index(parsed.records), parsed.records, parsed.rejected, now)
-            assert self._last is not None
-            return self._last
-
-    def _read(self) -> str | bytes | None:
-        """The inventory's text; None: unchanged since the last HTTP fetch."""
-        path = self.inventory.path
-        if path is not None:
-            try:
-                return path.read_bytes()
-            except OSError as exc:
-                raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
-        from repogate.sources.transport import fetch_url  # noqa: PLC0415 - HTTP only
-
-        assert self.inventory.http is not None
-        response = fetch_url(
-            self.inventory.http, etag=self._etag if self._last else None, last_modified=None
-        )
-        if response is None:
-            return None
-        self._etag = response.etag
-        return response.text
-
-    def _stale_or_fail(self, now: float) -> Records:
-        last = self._last
-        if last is not None and now - last.read_at < self.max_stale:
-            return last
-        raise SourceError(
-            f"inventory {self.inventory.name}: {self.failure}"
-            + ("; its last good records are past max_stale" if last is not None else "")
-        )
 
 
 MapReader = Callable[[DeviceClients, float], AddressMap]
@@ -197,7 +99,14 @@ class DeviceSource:
             rejected_sample=tuple(rejected[:SAMPLE]),
             origin=f"{self.group.type} {_where(self.group)}",
             devices=devices,
+            notes=self._notes(),
         )
+
+    def _notes(self) -> tuple[str, ...]:
+        reader = self.inventory
+        if reader is None or reader.failure is None:
+            return ()
+        return (f"inventory {reader.inventory.name} failing: {reader.failure}",)
 
     def _disconnect_revoked(self, seen: AddressMap) -> None:
         """With an OpenVPN management socket, a connected client that stops qualifying is

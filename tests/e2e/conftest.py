@@ -98,3 +98,4 @@ def enforced(bare_lab: Lab) -> Lab:
 
 # The daemon fixtures live beside the daemon's tests; other modules use them too.
 from tests.e2e.test_daemon import daemon_lab, start_daemon, start_loop  # noqa: E402, F401
+from tests.e2e.test_devices import tunnels  # noqa: E402, F401

@@ -16,7 +16,14 @@ from typing import Any, TextIO
 
 from repogate import __version__
 from repogate.cli import verbs
-from repogate.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, config_path, load_config
+from repogate.config import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG_PATH,
+    Config,
+    Inventory,
+    config_path,
+    load_config,
+)
 from repogate.errors import ConfigError, RepogateError, SourceError
 from repogate.nft.backend import Backend, NftBackend
 from repogate.sources import specs
@@ -140,6 +147,7 @@ def _check_inventories(config: Config) -> list[str]:
 
     lines: list[str] = []
     for inventory in config.inventories.values():
+        lines += _check_secrets(inventory)
         if inventory.path is None:
             continue
         try:
@@ -157,6 +165,28 @@ def _check_inventories(config: Config) -> list[str]:
                     "this network or identify the device another way"
                 )
     return lines
+
+
+def _check_secrets(inventory: Inventory) -> list[str]:
+    """An MDM's secret file must exist, and no one but the service should read it."""
+    if inventory.mdm is None:
+        return []
+    key = "token_file" if inventory.mdm.vendor == "fleet" else "client_secret_file"
+    path = (
+        inventory.mdm.http.token_file if key == "token_file" else inventory.mdm.client_secret_file
+    )
+    if path is None:
+        return []
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return [f"warning: inventory {inventory.name}: {key} {path}: {exc.strerror or exc}"]
+    if mode & 0o004:
+        return [
+            f"warning: inventory {inventory.name}: {key} {path} is readable by everyone "
+            f"(chmod 0640 and chgrp repogate)"
+        ]
+    return []
 
 
 def _check(call: Invocation) -> int:

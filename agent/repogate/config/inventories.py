@@ -30,7 +30,7 @@ KEYS = {
     "file": {"path", "format"},
     "http": {"url", "format", "allow_insecure", "token_file"} | HTTP_COMMON,
     "intune": {"tenant", "client_id", "client_secret_file", "compliant_states", "authority"}
-    | {"graph", "page_size"}
+    | {"graph"}
     | HTTP_COMMON,
     "jamf": {"url", "client_id", "client_secret_file", "compliant_group", "page_size"}
     | HTTP_COMMON,

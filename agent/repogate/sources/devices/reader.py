@@ -83,6 +83,16 @@ class InventoryReader:
                 raise SourceError(where + past)
             return last
 
+    def due_in(self, now: float) -> float | None:
+        """Seconds until a remote inventory is read again; None for a file (its change
+        is seen at the next map read). The device groups are asked again then, so a
+        verdict changes one interval after the MDM's, not up to a map interval later."""
+        if not self.remote:
+            return None
+        if self.failure is not None or self._source is None:
+            return max(0.0, self._retry_at - now)
+        return max(0.0, self._source_read_at + self.inventory.interval - now)
+
     def _source_due(self, now: float) -> bool:
         if self.failure is not None or self._source is None:
             return now >= self._retry_at

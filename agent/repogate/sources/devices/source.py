@@ -30,6 +30,7 @@ from repogate.sources.devices.join import Verdict, admitted_addresses, join
 from repogate.sources.devices.reader import InventoryReader
 
 SAMPLE = 20
+MIN_REFRESH = 0.05  # seconds; an inventory due now is read at the next job, not in a loop
 log = logging.getLogger("repogate")
 # An OpenVPN status file not rewritten for this long means the server is gone (it
 # rewrites it every `status FILE N` seconds, 60 by default): the map has failed.
@@ -100,7 +101,15 @@ class DeviceSource:
             origin=f"{self.group.type} {_where(self.group)}",
             devices=devices,
             notes=self._notes(),
+            refresh_in=self._refresh_in(now),
         )
+
+    def _refresh_in(self, now: float) -> float | None:
+        """Sooner than the map's interval when the inventory falls due before it."""
+        due = self.inventory.due_in(now) if self.inventory is not None else None
+        if due is None or due >= self.group.interval:
+            return None
+        return max(due, MIN_REFRESH)
 
     def _notes(self) -> tuple[str, ...]:
         reader = self.inventory

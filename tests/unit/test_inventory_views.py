@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
+from repogate.cli.main import _check_secrets
 from repogate.cli.status import format_status
 from repogate.config import parse_config
 from repogate.config.schema import DeviceClients, Inventory
@@ -104,7 +105,6 @@ def test_why_listen_must_be_the_gateways_own_address() -> None:
 
 
 def test_check_warns_about_a_secret_anyone_can_read(tmp_path: Path) -> None:
-    from repogate.cli.main import _check_secrets  # noqa: PLC0415
 
     secret = tmp_path / "jamf.secret"
     secret.write_text("s3cret\n")

@@ -47,6 +47,17 @@ class RuleSpec:
 
 
 @dataclass(frozen=True)
+class SnatSpec:
+    """One rule of the NAT chain: admitted flows to a destination leave from `address`."""
+
+    family: Family
+    destination_set: str
+    ports: tuple[int, ...]
+    address: str
+    comment: str
+
+
+@dataclass(frozen=True)
 class DesiredState:
     table: str
     hooks: tuple[Hook, ...]
@@ -55,11 +66,12 @@ class DesiredState:
     rules: tuple[RuleSpec, ...]
     groups: Mapping[str, NormalisedEntries] = field(default_factory=dict)
     owner: str = ""  # the owner mark's comment (nft.names.owner_comment); "": none
+    snat: tuple[SnatSpec, ...] = ()  # [egress] snat = true: the NAT chain's rules
 
     @functools.cached_property
     def rules_digest(self) -> str:
         """Fingerprint of chains and rules, stamped into rule comments to detect changes."""
-        shape = {
+        shape: dict[str, object] = {
             "hooks": list(self.hooks),
             "rules": [
                 [r.family, r.destination_set, list(r.ports), r.counter, r.client_set]
@@ -67,6 +79,10 @@ class DesiredState:
                 for r in self.rules
             ],
         }
+        if self.snat:  # only then: tables written before SNAT existed keep their digest
+            shape["snat"] = [
+                [s.family, s.destination_set, list(s.ports), s.address] for s in self.snat
+            ]
         encoded = json.dumps(shape, sort_keys=True).encode()
         return hashlib.sha256(encoded).hexdigest()[:12]
 

@@ -16,6 +16,7 @@ from repogate.model import (
     RuleSpec,
     SetChange,
     SetSpec,
+    SnatSpec,
 )
 from repogate.nft import names
 from repogate.nft.names import expected_rule_comments
@@ -100,7 +101,33 @@ def desired_state(
         rules=tuple(rules),
         groups=groups,
         owner=owner,
+        snat=snat_rules(config),
     )
+
+
+def snat_rules(config: Config) -> tuple[SnatSpec, ...]:
+    """With `[egress] snat`, every flow to a protected destination on its gated ports
+    leaves from the declared address of its family. Only admitted flows get this far:
+    the gate rejected the rest in the forward (and output) hook."""
+    egress = config.egress
+    if not egress.snat:
+        return ()
+    found: list[SnatSpec] = []
+    for destination in sorted(config.destinations.values(), key=lambda d: d.name):
+        for family in FAMILIES:
+            address = egress.address(family)
+            if address is None:
+                continue
+            found.append(
+                SnatSpec(
+                    family=family,
+                    destination_set=names.destination_set(destination.name, family),
+                    ports=destination.ports,
+                    address=address,
+                    comment=f"egress {destination.name} from {address}",
+                )
+            )
+    return tuple(found)
 
 
 def enforced_entries(current: KernelTable | None, group: str) -> NormalisedEntries:
@@ -148,17 +175,17 @@ def expected_table(desired: DesiredState) -> KernelTable:
     proportional to the change, not to the size of the lists.
     """
     comments = expected_rule_comments(desired)
-    chains = {
-        name: KernelChain(
+    chains = {}
+    for name, rule_comments in comments.items():
+        base = names.base_chain(name)
+        chains[name] = KernelChain(
             name=name,
-            hook=None if name == names.GATE_CHAIN else name,
-            chain_type=None if name == names.GATE_CHAIN else "filter",
-            priority=None if name == names.GATE_CHAIN else 0,
-            policy=None if name == names.GATE_CHAIN else "accept",
+            hook=base.hook if base else None,
+            chain_type=base.chain_type if base else None,
+            priority=base.priority if base else None,
+            policy="accept" if base else None,
             rule_comments=rule_comments,
         )
-        for name, rule_comments in comments.items()
-    }
     return KernelTable(
         name=desired.table,
         sets={
@@ -171,11 +198,13 @@ def expected_table(desired: DesiredState) -> KernelTable:
     )
 
 
-def base_chain_matches(chain: KernelChain, hook: str) -> bool:
+def base_chain_matches(chain: KernelChain, name: str) -> bool:
+    base = names.base_chain(name)
     return (
-        chain.hook == hook
-        and chain.chain_type == "filter"
-        and chain.priority == 0
+        base is not None
+        and chain.hook == base.hook
+        and chain.chain_type == base.chain_type
+        and chain.priority == base.priority
         and chain.policy == "accept"
     )
 
@@ -195,7 +224,7 @@ def diff(desired: DesiredState, current: KernelTable | None) -> Plan:
     transaction); sets, counters and chains are created or removed only when the
     config's shape changed, and rules are rewritten only when their fingerprint differs.
     """
-    wanted_chains = [names.GATE_CHAIN, *desired.hooks]
+    wanted_chains = names.chain_names(desired)
     if current is None:
         return Plan(
             create_table=True,
@@ -226,9 +255,9 @@ def diff(desired: DesiredState, current: KernelTable | None) -> Plan:
     delete_counters = sorted(set(current.counters) - set(desired.counters))
 
     recreate_chains: set[str] = {
-        hook
-        for hook in desired.hooks
-        if hook in current.chains and not base_chain_matches(current.chains[hook], hook)
+        name
+        for name in wanted_chains[1:]
+        if name in current.chains and not base_chain_matches(current.chains[name], name)
     }
     gate = current.chains.get(names.GATE_CHAIN)
     if gate is not None and gate.hook is not None:

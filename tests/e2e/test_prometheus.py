@@ -174,6 +174,12 @@ def stand_in_metrics(elapsed: float, now: float) -> str:
             "gauge",
             [({"inventory": "it"}, now - 30)],
         ),
+        *_family("repogate_inventory_up", "gauge", [({"inventory": "it", "type": "file"}, 1)]),
+        *_family(
+            "repogate_inventory_records",
+            "gauge",
+            [({"inventory": "it", "qualifies": q}, n) for q, n in (("true", 40), ("false", 3))],
+        ),
         *_family(
             "repogate_devices",
             "gauge",

@@ -7,7 +7,6 @@ invalid file never changes the kernel.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import tomllib
@@ -20,6 +19,7 @@ from repogate.config.checks import IFNAME_PATTERN, Checker, did_you_mean
 from repogate.config.clients import parse_clients
 from repogate.config.destinations import parse_destinations
 from repogate.config.devices import check_inventory_names
+from repogate.config.egress import LISTEN_PATTERN, parse_egress, parse_probes, parse_why
 from repogate.config.inventories import parse_enrolments, parse_inventories
 from repogate.config.schema import (
     DEFAULT_METRICS_PORT,
@@ -31,7 +31,6 @@ from repogate.config.schema import (
     MetricsConfig,
     ResolverConfig,
     Rule,
-    WhyConfig,
 )
 from repogate.errors import ConfigError, ConfigProblem
 from repogate.model import Hook
@@ -41,7 +40,6 @@ CONFIG_ENV = "REPOGATE_CONFIG"
 HOOKS = ("forward", "output")
 # The table name becomes part of every nft command.
 TABLE_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
-LISTEN_PATTERN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+)):(\d{1,5})")
 
 
 def config_path(explicit: str | None) -> Path:
@@ -81,6 +79,8 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> Config:
             "inventories",
             "enrolments",
             "why",
+            "egress",
+            "probes",
             "clients",
             "rules",
         },
@@ -97,36 +97,25 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> Config:
     metrics = _parse_metrics(check, top.get("metrics", {}), base)
     audit_table = check.table(top.get("audit", {}), "audit", {"path"})
     audit = AuditConfig(path=check.file(audit_table, "audit", "path", base))
-    why = _parse_why(check, top.get("why", {}))
+    why = parse_why(check, top.get("why", {}))
+    egress = parse_egress(check, top.get("egress", {}))
+    probes = parse_probes(check, top.get("probes"), base)
     if check.problems:
         raise ConfigError(check.problems, str(path) if path else "")
     return Config(
-        agent, destinations, clients, rules, path, resolver, metrics, audit, inventories, why
+        agent,
+        destinations,
+        clients,
+        rules,
+        path,
+        resolver,
+        metrics,
+        audit,
+        inventories,
+        why,
+        egress,
+        probes,
     )
-
-
-def _parse_why(check: Checker, raw: object) -> WhyConfig:
-    """`listen`: one ADDRESS:PORT or a list; the addresses devices reach the host on
-    (a VPN's or LAN's gateway address), never a wildcard: the page is for them only."""
-    table = check.table(raw, "why", {"listen"})
-    value = table.get("listen", [])
-    listens = [value] if isinstance(value, str) else value
-    if not isinstance(listens, list):
-        check.problem("why.listen", "must be ADDRESS:PORT or a list of them")
-        return WhyConfig()
-    found: list[tuple[str, int]] = []
-    for index, listen in enumerate(listens):
-        where = "why.listen" if isinstance(value, str) else f"why.listen[{index}]"
-        match = LISTEN_PATTERN.fullmatch(listen) if isinstance(listen, str) else None
-        address = (match.group(1) or match.group(2)) if match else None
-        canonical = canonical_address(address) if address else None
-        if match is None or canonical is None or not 1 <= int(match.group(3)) <= 65535:
-            check.problem(where, f'{listen!r} is not ADDRESS:PORT (like "10.30.0.1:8080")')
-        elif ipaddress.ip_address(canonical[1]).is_unspecified:
-            check.problem(where, f"{listen!r}: name the gateway's own address, not a wildcard")
-        else:
-            found.append((canonical[1], int(match.group(3))))
-    return WhyConfig(tuple(found))
 
 
 def _parse_metrics(check: Checker, raw: object, base: Path | None) -> MetricsConfig:

@@ -63,6 +63,36 @@ class WhyConfig:
 
 
 @dataclass(frozen=True)
+class EgressConfig:
+    """The addresses Bitbucket's IP allowlist holds, and whether repogate pins traffic to them."""
+
+    addresses: tuple[str, ...] = ()  # canonical; at most one per family is translated to
+    snat: bool = False  # source NAT admitted flows to protected destinations, in the table
+
+    def address(self, family: int) -> str | None:
+        """The address flows of `family` are translated to: the first one declared."""
+        return next((a for a in self.addresses if (":" in a) == (family == 6)), None)
+
+
+ProbeType = Literal["ssh", "git-https"]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A check of the whole path to Bitbucket, from this host, as git would use it."""
+
+    name: str
+    type: ProbeType
+    target: str = ""  # ssh: host:port
+    known_hosts: Path | None = None  # ssh
+    url: str = ""  # git-https: the repository's clone URL
+    token_file: Path | None = None  # git-https: a repository access token
+    ca_file: Path | None = None  # git-https: a private CA (tests, proxies)
+    interval: float = 60.0
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     path: Path | None = None  # also append every change as one JSON line here
 
@@ -291,6 +321,8 @@ class Config:
     audit: AuditConfig = AuditConfig()
     inventories: Mapping[str, Inventory] = field(default_factory=dict)
     why: WhyConfig = WhyConfig()
+    egress: EgressConfig = EgressConfig()
+    probes: tuple[Probe, ...] = ()
 
     def max_stale(self, group: ClientGroup) -> float:
         own = getattr(group, "max_stale", None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from repogate.model import DesiredState, Plan, RuleSpec, SetChange, SetSpec
+from repogate.model import DesiredState, Plan, RuleSpec, SetChange, SetSpec, SnatSpec
 from repogate.nft import names
 from repogate.nft.names import jump_comment, rule_comment
 
@@ -90,8 +90,11 @@ def build_set_change(table: str, spec: SetSpec, change: SetChange) -> list[Json]
 
 def build_chain(table: str, name: str) -> Json:
     chain: Json = _ref(table, name)
-    if name != names.GATE_CHAIN:
-        chain.update({"type": "filter", "hook": name, "prio": 0, "policy": "accept"})
+    base = names.base_chain(name)
+    if base is not None:
+        chain.update(
+            {"type": base.chain_type, "hook": base.hook, "prio": base.priority, "policy": "accept"}
+        )
     return chain
 
 
@@ -108,7 +111,23 @@ def build_rules(desired: DesiredState) -> list[Json]:
             "comment": jump_comment(digest),
         }
         commands.append({"add": {"rule": jump}})
+    for snat in desired.snat:
+        commands.append({"add": {"rule": build_snat(table, snat, digest)}})
     return commands
+
+
+def build_snat(table: str, rule: SnatSpec, digest: str) -> Json:
+    protocol = "ip" if rule.family == 4 else "ip6"
+    ports: Any = rule.ports[0] if len(rule.ports) == 1 else {"set": list(rule.ports)}
+    return {
+        **_chain_ref(table, names.NAT_CHAIN),
+        "expr": [
+            _match(protocol, "daddr", f"@{rule.destination_set}"),
+            _match("tcp", "dport", ports),
+            {"snat": {"family": protocol, "addr": rule.address}},
+        ],
+        "comment": rule_comment(rule.comment, digest),
+    }
 
 
 def build_rule(table: str, rule: RuleSpec, digest: str) -> Json:

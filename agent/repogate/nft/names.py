@@ -8,11 +8,14 @@ table inet <table>
   set dest_<dest>_v4 / dest_<dest>_v6                 interval
   chain gate                   the allow and deny rules
   chain forward / output       base chains that only jump to gate
+  chain egress_nat             nat at srcnat ([egress] snat = true): admitted flows to
+                               protected destinations leave from the declared address
   counter repogate_owner       comment "repogate instance <id>": the ownership mark
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from repogate.addresses import Family
@@ -22,6 +25,32 @@ SetKind = Literal["addr", "net"]
 SET_KINDS: tuple[SetKind, ...] = ("addr", "net")  # single addresses (hash), networks
 Verdict = Literal["allowed", "denied"]
 GATE_CHAIN = "gate"
+NAT_CHAIN = "egress_nat"
+
+
+@dataclass(frozen=True)
+class BaseChain:
+    """How a base chain hooks in: what `list chain` shows and `add chain` sets."""
+
+    hook: str
+    chain_type: str
+    priority: int
+
+
+def base_chain(name: str) -> BaseChain | None:
+    """The hook of an owned base chain; None for the regular chain `gate`."""
+    if name == GATE_CHAIN:
+        return None
+    if name == NAT_CHAIN:
+        return BaseChain("postrouting", "nat", 100)  # srcnat
+    return BaseChain(name, "filter", 0)  # forward, output
+
+
+def chain_names(desired: DesiredState) -> list[str]:
+    """The chains the desired table holds, the gate first."""
+    return [GATE_CHAIN, *desired.hooks, *([NAT_CHAIN] if desired.snat else [])]
+
+
 # The ownership mark: a named counter whose comment carries this repogate's instance
 # id (kept in state_dir). nft 1.0.6's JSON drops table, chain and set comments but
 # keeps counter comments, so a counter is where a mark survives a listing.
@@ -70,4 +99,6 @@ def expected_rule_comments(desired: DesiredState) -> dict[str, tuple[str, ...]]:
     }
     for hook in desired.hooks:
         comments[hook] = (jump_comment(digest),)
+    if desired.snat:
+        comments[NAT_CHAIN] = tuple(rule_comment(rule.comment, digest) for rule in desired.snat)
     return comments

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from repogate.addresses import element_order
-from repogate.model import DesiredState, RuleSpec, SetSpec
+from repogate.model import DesiredState, RuleSpec, SetSpec, SnatSpec
 from repogate.nft import names
 from repogate.nft.builders import FAMILY
 from repogate.nft.names import jump_comment, rule_comment
@@ -40,8 +40,26 @@ def render(desired: DesiredState) -> str:
             f'\t\tjump {names.GATE_CHAIN} comment "{jump_comment(digest)}"',
             "\t}",
         ]
+    if desired.snat:
+        lines += [
+            f"\tchain {names.NAT_CHAIN} {{",
+            "\t\ttype nat hook postrouting priority srcnat; policy accept;",
+            *(f"\t\t{_render_snat(rule, digest)}" for rule in desired.snat),
+            "\t}",
+        ]
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _render_snat(rule: SnatSpec, digest: str) -> str:
+    protocol = "ip" if rule.family == 4 else "ip6"
+    ports = (
+        str(rule.ports[0]) if len(rule.ports) == 1 else f"{{ {', '.join(map(str, rule.ports))} }}"
+    )
+    return (
+        f"{protocol} daddr @{rule.destination_set} tcp dport {ports} "
+        f'snat {protocol} to {rule.address} comment "{rule_comment(rule.comment, digest)}"'
+    )
 
 
 def _render_set(spec: SetSpec) -> list[str]:

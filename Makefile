@@ -10,7 +10,8 @@ APT_PACKAGES := nftables python3-nftables python3-venv iproute2 procps util-linu
 	python3-apscheduler python3-pyroute2 python3-dnspython python3-prometheus-client \
 	python3-pytest python3-trustme systemd \
 	dnsmasq-base bind9-dnsutils prometheus \
-	wireguard-go wireguard-tools openvpn busybox
+	wireguard-go wireguard-tools openvpn busybox \
+	openssh-server openssh-client git nginx fcgiwrap
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PIP := $(VENV)/.pip-stamp
 
@@ -23,7 +24,10 @@ $(STAMP_APT):
 	  missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing:$$missing"; \
+	    guard=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && guard=1; fi; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	    status=$$?; [ -n "$$guard" ] && rm -f /usr/sbin/policy-rc.d; [ $$status = 0 ] || exit $$status; \
 	  fi; \
 	else echo "not root: skipping apt packages ($(APT_PACKAGES))"; fi
 	@mkdir -p $(VENV) && touch $@

@@ -9,6 +9,8 @@ is ready, and by some daemons not at all).
 Stopping kills the daemon's descendants as well, because sshd's per-connection children call
 setsid() and would outlive a signal sent to the process group; they are looked up before the
 daemon goes, since its orphans are reparented and then no longer recognisable as its own.
+Orphans that die become zombies of init, which this container's init reaps only after
+seconds: so sshd's children are stopped first, while sshd itself still reaps them.
 """
 
 from __future__ import annotations
@@ -58,12 +60,13 @@ class Daemon:
     name: str
     proc: subprocess.Popen[bytes]
     log_path: Path
+    children_first: bool = False
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def log_tail(self) -> str:
-        """The end of the log, for error messages (whole lines where possible)."""
+        """The end of the log, for error messages."""
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError as exc:
@@ -74,24 +77,50 @@ class Daemon:
         return LabError(f"{self.name} {what}; its log ({self.log_path}):\n{self.log_tail()}")
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Terminate the daemon and its descendants; kill whatever ignores that in time."""
+        """Terminate the daemon and its descendants; kill whatever ignores that in time.
+
+        With `children_first`, the descendants go first while the daemon still reaps them
+        (sshd); otherwise the daemon is trusted to stop its own workers (nginx would respawn
+        a worker killed under it). Whatever outlives the daemon (a CGI it was running) is
+        killed, and left to init to reap.
+        """
         if self.proc.poll() is not None:
             return
         victims = descendants(self.proc.pid)
-        for pid in [self.proc.pid, *victims]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        if self.children_first:
+            _signal(victims, signal.SIGTERM)
+            while any(_running(pid) for pid in victims):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(POLL)
+        _signal([self.proc.pid], signal.SIGTERM)
         try:
-            self.proc.wait(timeout)
+            self.proc.wait(max(deadline - time.monotonic(), POLL))
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout)
-        for pid in victims:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _signal(victims, signal.SIGKILL)
 
 
-def spawn(netns: str, name: str, argv: Sequence[str], log_path: Path) -> Daemon:
+def _running(pid: int) -> bool:
+    """Whether pid still runs (a zombie has ended: only its parent's wait is missing)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _signal(pids: Sequence[int], signum: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def spawn(
+    netns: str, name: str, argv: Sequence[str], log_path: Path, *, children_first: bool = False
+) -> Daemon:
     """Start argv in netns, in its own session, logging to log_path (appended)."""
     with log_path.open("ab") as log_file:
         try:
@@ -104,7 +133,7 @@ def spawn(netns: str, name: str, argv: Sequence[str], log_path: Path) -> Daemon:
             )
         except OSError as exc:
             raise LabError(f"cannot start {name}: {exc}") from exc
-    return Daemon(name, proc, log_path)
+    return Daemon(name, proc, log_path, children_first)
 
 
 def wait_accepting(

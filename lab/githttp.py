@@ -27,6 +27,7 @@ import base64
 import hashlib
 import ipaddress
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -50,6 +51,7 @@ TOKEN_USER = "x-token-auth"
 REALM = "Bitbucket.org HTTP"
 DEFAULT_REPO = "team/repo.git"
 RELOAD_TIMEOUT = 10.0
+SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9.:-]+$")  # nothing nginx.conf could misread
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes with the terminating NUL
 # Bitbucket Cloud's refusal when a workspace's IP allowlist does not hold the client.
 REFUSAL = "Your IP address ($remote_addr) is not on this workspace's IP allowlist."
@@ -168,8 +170,10 @@ class GitHttpsProcess:
         self.fcgiwrap = spawn(
             self.netns,
             "fcgiwrap",
-            # -f: git's stderr to nginx's error log; -p: it may run git http-backend only.
-            [FCGIWRAP, "-f", "-c", "2", "-s", f"unix:{socket_path}", "-p", HTTP_BACKEND],
+            # -f: git's stderr to nginx's error log; -p: it may run git http-backend only;
+            # -c 1: no preforked children, which would outlive it as zombies when it stops
+            # (requests queue: git answers quickly, and nginx buffers both ways).
+            [FCGIWRAP, "-f", "-c", "1", "-s", f"unix:{socket_path}", "-p", HTTP_BACKEND],
             self.directory / "fcgiwrap.log",
         )
         wait_until(self.fcgiwrap, socket_path)
@@ -215,6 +219,8 @@ def start_git_https(
     directory.mkdir(parents=True, exist_ok=True)
     ca = LabCA(directory, "repogate git CA")
     names = tuple(dict.fromkeys([*server_names, listen[0]]))
+    if bad := [name for name in names if not SERVER_NAME_RE.match(name)]:
+        raise LabError(f"bad server names {bad}: host names and addresses only")
     cert, key = write_server_cert(ca, names, directory)
     server = GitHttpsProcess(netns, directory, listen, ca.ca_file)
     server.set_token(token)

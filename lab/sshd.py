@@ -75,9 +75,9 @@ class SshdProcess:
 
     def _start(self) -> None:
         PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
-        self.daemon = spawn(
-            self.netns, "sshd", [SSHD, "-D", "-e", "-f", str(self.config)], self.log_path
-        )
+        argv = [SSHD, "-D", "-e", "-f", str(self.config)]
+        # Its per-connection children first: sshd reaps them, init here only seconds later.
+        self.daemon = spawn(self.netns, "sshd", argv, self.log_path, children_first=True)
         try:
             wait_accepting(self.netns, self.daemon, self.listen)
         except BaseException:

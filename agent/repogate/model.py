@@ -106,6 +106,18 @@ class KernelChain:
 
 
 @dataclass(frozen=True)
+class NatRule:
+    """A source NAT rule of another table, as far as the egress report needs it."""
+
+    table: str  # "ip nat"
+    chain: str
+    kind: Literal["snat", "masquerade"]
+    address: str | None = None  # snat's translation address (None: a map or range)
+    oifname: str | None = None  # the `oifname` it matches, if any
+    family: Family | None = None  # the daddr family it matches, if it says (ip/ip6)
+
+
+@dataclass(frozen=True)
 class CounterValue:
     packets: int
     bytes: int

@@ -31,7 +31,7 @@ from repogate.engine import Engine, Generation, Inputs, Outcome
 from repogate.errors import NftError
 from repogate.instance import Instance
 from repogate.lastgood import resolve
-from repogate.model import CounterValue, DesiredState, KernelTable, Plan
+from repogate.model import CounterValue, DesiredState, KernelTable, NatRule, Plan
 from repogate.nft.builders import transaction
 from repogate.nft.names import OWNER_COUNTER, owner_comment
 from repogate.nft.parse import parse_table
@@ -269,6 +269,7 @@ class FakeKernel:
         self.tables: dict[str, Json] = {}
         self.transactions: list[list[Json]] = []
         self.genid = 1
+        self.foreign_nat: list[NatRule] = []  # other tables' SNAT and masquerade
 
     # The Backend protocol.
 
@@ -300,6 +301,9 @@ class FakeKernel:
 
     def watch(self, table: str, on_foreign_change: Callable[[str], None]) -> None:
         return None  # no notifications: the daemon watches the generation id
+
+    def nat_rules(self, exclude: str) -> list[NatRule]:
+        return list(self.foreign_nat)
 
     def read_counters(self, table: str) -> dict[str, CounterValue]:
         current = self.read_table(table)

@@ -328,7 +328,7 @@ def test_status_text(
 ) -> None:
     absent = run(["status", "--config", str(config_file)], kernel).lines
     assert absent[0] == "table inet repogate: not present (run `repogate sync`)"
-    assert "egress addresses (Bitbucket's IP allowlist must contain these):" in absent
+    assert "egress (the address Bitbucket sees):" in absent
     run(["sync", "--config", str(config_file)], kernel)
     changed = write_config(base_toml.replace('"10.9.8.7"', '"10.9.8.8", "10.9.8.9"'))
     result = run(["status", "--config", str(changed)], kernel)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from repogate.config.schema import MetricsConfig
-from repogate.daemon.metrics import Metrics, MetricsError, MetricsServer
+from repogate.daemon.metrics import Metrics
+from repogate.daemon.metrics_server import MetricsError, MetricsServer
 
 
 @pytest.fixture

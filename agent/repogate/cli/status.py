@@ -6,6 +6,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from repogate.egress import EgressReport
+from repogate.egress import describe as describe_egress
 from repogate.lastgood import KERNEL, NOTHING
 from repogate.live import (
     EXPIRED,
@@ -25,6 +27,7 @@ def format_status(
     view: LiveView,
     counters: Mapping[str, Any],
     egress: Sequence[tuple[str, str]] = (),
+    report: EgressReport | None = None,
 ) -> list[str]:
     if view.daemon_pid is not None:
         since = _when(view.started_at) if view.started_at else "?"
@@ -73,8 +76,7 @@ def format_status(
     width = max((len(name) for name in view.sets), default=10)
     for name, size in sorted(view.sets.items()):
         lines.append(f"  {name:<{width}}  {size:>8} elements")
-    lines += ["", "egress addresses (Bitbucket's IP allowlist must contain these):"]
-    lines += [f"  {interface} {address}" for interface, address in egress] or ["  none found"]
+    lines += ["", "egress (the address Bitbucket sees):", *_egress_lines(egress, report)]
     lines += ["", "traffic (since the table was created):"]
     lines += _traffic(counters)
     return lines
@@ -122,6 +124,13 @@ def _source_line(source: SourceView) -> str:
             f"{_when(source.last_success)} until {until}"
         )
     return f"{head}: {source.state}"
+
+
+def _egress_lines(egress: Sequence[tuple[str, str]], report: EgressReport | None) -> list[str]:
+    if report is not None:
+        return [f"  {line}" for line in describe_egress(report)]
+    lines = ["  cannot read routes here; the egress interfaces' addresses:"]
+    return lines + ([f"  {i} {a}" for i, a in egress] or ["  none found"])
 
 
 def _inventory_line(inventory: InventoryView) -> str:

@@ -18,6 +18,7 @@ from repogate.cli.verbs import EXIT_OK, EXIT_USAGE, _offline, local
 from repogate.config import Config
 from repogate.config.devices import DEVICE_KEYS
 from repogate.devices import DeviceRow, device_lines_for, device_rows, format_devices
+from repogate.egress import EgressReport
 from repogate.engine import Inputs
 from repogate.errors import RepogateError
 from repogate.lastgood import last_fetched
@@ -34,11 +35,14 @@ def status(call: Invocation) -> int:
     from repogate.cli.status import format_status  # noqa: PLC0415
 
     config = call.config
+    report: EgressReport | None = None
     try:
         answer = ask(config.agent.table, {"verb": "status"}, timeout=10.0)
         view, counters = from_json(answer["status"]), answer.get("counters", {})
+        if "egress" in answer:
+            report = EgressReport.from_json(answer["egress"])
     except NoDaemonError:
-        view, counters = _local_view(call)
+        view, counters, report = _local_view(call)
     recent = AuditLog(config.agent.state_dir).recent(10)
     egress = _egress(config)
     if call.args.json:
@@ -46,18 +50,19 @@ def status(call: Invocation) -> int:
             **view.to_json(),
             "counters": _traffic_json(counters),
             "egress_addresses": [{"interface": i, "address": a} for i, a in egress],
+            "egress": report.to_json() if report is not None else None,
             "recent_changes": recent,
         }
         json.dump(document, call.out, indent=2)
         call.out.write("\n")
         return EXIT_OK
-    lines = format_status(view, counters, egress)
+    lines = format_status(view, counters, egress, report)
     lines += ["", "recent changes (audit trail):", *_changes(recent)]
     call.out.write("\n".join(lines) + "\n")
     return EXIT_OK
 
 
-def _local_view(call: Invocation) -> tuple[LiveView, dict[str, Any]]:
+def _local_view(call: Invocation) -> tuple[LiveView, dict[str, Any], EgressReport | None]:
     """What the kernel and state_dir hold, built the way the daemon builds its view."""
     config = call.config
     backend = call.backend()
@@ -91,7 +96,14 @@ def _local_view(call: Invocation) -> tuple[LiveView, dict[str, Any]]:
         config=str(config.path or ""),
         notes=tuple(notes),
     )
-    return view, {name: [value.packets, value.bytes] for name, value in counters.items()}
+    report: EgressReport | None = None
+    try:
+        from repogate.daemon.netlink import read_egress  # noqa: PLC0415 - pyroute2
+
+        report = read_egress(config, outcome.desired, backend)
+    except Exception:  # status must work without pyroute2 or netlink access
+        report = None
+    return view, {name: [v.packets, v.bytes] for name, v in counters.items()}, report
 
 
 def explain(call: Invocation) -> int:

@@ -24,7 +24,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from repogate.config.schema import MetricsConfig
-from repogate.daemon.metrics import MetricsError, MetricsServer
+from repogate.daemon.metrics_server import MetricsError, MetricsServer
 from repogate.logs import event
 
 log = logging.getLogger("repogate")

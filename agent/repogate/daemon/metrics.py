@@ -15,25 +15,17 @@ exposition, so TLS and basic auth work the same on Debian's prometheus-client
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hmac
 import logging
-import socket
-import ssl
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from socketserver import ThreadingMixIn
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from repogate import __version__
-from repogate.config.schema import MetricsConfig
+from repogate.egress import EgressReport
 from repogate.errors import RepogateError
 from repogate.live import OK, InventoryView
 from repogate.model import CounterValue
@@ -43,10 +35,6 @@ VERDICTS = ("allowed", "denied")
 DNS_OUTCOMES = ("ok", "nodata", "nxdomain", "servfail", "refused", "timeout", "error")
 DESTINATION_ADDRESSES = "repogate_destination_addresses"
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-class MetricsError(RepogateError):
-    """The metrics endpoint cannot be served as configured."""
 
 
 class Metrics:
@@ -99,8 +87,21 @@ class Metrics:
                 ),
                 _Family(
                     "repogate_egress_address_info",
-                    "The host's egress addresses (Bitbucket's IP allowlist must contain them).",
+                    "The addresses of the egress interfaces (agent.egress_interfaces).",
                     ("interface", "address"),
+                ),
+                _Family(
+                    "repogate_egress_address_present",
+                    "1 while each declared egress address (egress.addresses) is on an "
+                    "interface of this host; 0: it is gone.",
+                    ("address",),
+                ),
+                _Family(
+                    "repogate_egress_source_declared",
+                    "The source address traffic to Bitbucket leaves from, per family: 1 when "
+                    "it is in egress.addresses (or none are declared), 0 when Bitbucket's "
+                    "allowlist does not hold it.",
+                    ("family", "source", "interface"),
                 ),
             ]
         )
@@ -214,8 +215,19 @@ class Metrics:
         records += [((v.name, "false"), v.records - v.compliant) for v in views]
         self._replaced.replace("repogate_inventory_records", records)
 
-    def egress(self, addresses: Iterable[tuple[str, str]]) -> None:
+    def egress(
+        self, addresses: Iterable[tuple[str, str]], report: EgressReport | None = None
+    ) -> None:
         self._replaced.replace("repogate_egress_address_info", [(a, 1) for a in addresses])
+        if report is None:
+            return
+        present = [((a,), bool(interface)) for a, interface in report.declared.items()]
+        self._replaced.replace("repogate_egress_address_present", present)
+        sources = [
+            ((f"ipv{p.family}", p.source, p.interface), p.declared is not False)
+            for p in report.paths
+        ]
+        self._replaced.replace("repogate_egress_source_declared", sources)
 
     def holds(self, sources: Iterable[str], held: Iterable[str]) -> None:
         held_set = set(held)
@@ -314,86 +326,3 @@ class _TrafficCollector:
 
 
 # -- the endpoint -----------------------------------------------------------------------
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # one line per scrape would drown the events that matter
-
-
-class MetricsServer:
-    """Serves /metrics from a background thread until `close()`."""
-
-    def __init__(self, settings: MetricsConfig, registry: CollectorRegistry) -> None:
-        if settings.host is None:
-            raise MetricsError('metrics are turned off (metrics.listen = "")')
-        app: Callable[..., Any] = make_wsgi_app(registry)
-        if settings.basic_auth_user and settings.basic_auth_password_file:
-            app = _basic_auth(app, settings.basic_auth_user, settings.basic_auth_password_file)
-        server_class = _Server6 if ":" in settings.host else _Server
-        try:
-            self._server = make_server(
-                settings.host,
-                settings.port,
-                app,
-                server_class=server_class,
-                handler_class=_QuietHandler,
-            )
-        except OSError as exc:
-            raise MetricsError(
-                f"cannot listen on {settings.host}:{settings.port} for metrics: "
-                f"{exc.strerror or exc}"
-            ) from exc
-        if settings.tls_cert_file and settings.tls_key_file:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            try:
-                context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
-            except (OSError, ssl.SSLError) as exc:
-                self._server.server_close()
-                raise MetricsError(f"cannot load the metrics TLS certificate: {exc}") from exc
-            # The handshake happens in the request's thread, so a stalled client cannot
-            # hold up the accept loop.
-            self._server.socket = context.wrap_socket(
-                self._server.socket, server_side=True, do_handshake_on_connect=False
-            )
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="metrics", daemon=True
-        )
-        self._thread.start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-def _basic_auth(app: Callable[..., Any], user: str, password_file: Path) -> Callable[..., Any]:
-    try:
-        password = password_file.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise MetricsError(f"cannot read {password_file}: {exc.strerror or exc}") from exc
-    if not password:
-        raise MetricsError(f"{password_file} is empty")
-    expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        given = environ.get("HTTP_AUTHORIZATION", "")
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            start_response(
-                "401 Unauthorized",
-                [("WWW-Authenticate", 'Basic realm="repogate"'), ("Content-Type", "text/plain")],
-            )
-            return [b"unauthorized\n"]
-        return app(environ, start_response)
-
-    return guarded

@@ -13,6 +13,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from repogate.config import Config
+from repogate.egress import EgressReport, egress_report, sample_destinations
+from repogate.model import DesiredState
+from repogate.nft.backend import Backend
+
 log = logging.getLogger(__name__)
 
 
@@ -58,22 +63,60 @@ def egress_interfaces(configured: Iterable[str]) -> list[str]:
     return list(configured) or default_route_interfaces()
 
 
-def interface_addresses(interfaces: Iterable[str]) -> list[InterfaceAddress]:
-    """Global-scope addresses of the named interfaces."""
-    wanted = set(interfaces)
+def interface_addresses(interfaces: Iterable[str] | None) -> list[InterfaceAddress]:
+    """Global-scope addresses of the named interfaces (None: of every interface)."""
+    wanted = set(interfaces) if interfaces is not None else None
     result: list[InterfaceAddress] = []
     with _iproute() as ipr:
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        names: dict[int, str] = {
+            link["index"]: str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()
+        }
         for message in ipr.get_addr():
             name = names.get(message["index"])
             # RT_SCOPE_UNIVERSE only; IPv6 privacy (temporary) addresses rotate daily and
             # are not what an allowlist should hold (IFA_F_TEMPORARY is 0x01 for AF_INET6).
             temporary = message["family"] == 10 and message["flags"] & 0x01
-            if name in wanted and message["scope"] == 0 and not temporary:
+            if name is None or (wanted is not None and name not in wanted):
+                continue
+            if message["scope"] == 0 and not temporary:
                 address = message.get_attr("IFA_ADDRESS") or message.get_attr("IFA_LOCAL")
                 if address:
                     result.append(InterfaceAddress(name, address))
     return sorted(result)
+
+
+def route_to(address: str) -> InterfaceAddress | None:
+    """The interface and source address the kernel would use to reach `address` now
+    (`ip route get`), or None when there is no route."""
+    with _iproute() as ipr:
+        try:
+            routes = ipr.route("get", dst=address)
+        except Exception:
+            return None
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+    for route in routes:
+        source = route.get_attr("RTA_PREFSRC")
+        interface = names.get(route.get_attr("RTA_OIF"))
+        if source and interface:
+            return InterfaceAddress(interface, source)
+    return None
+
+
+def read_egress(config: Config, desired: DesiredState | None, backend: Backend) -> EgressReport:
+    """The egress report from this host's routes, addresses and other tables' NAT."""
+
+    def route(address: str) -> tuple[str, str] | None:
+        found = route_to(address)
+        return (found.interface, found.address) if found is not None else None
+
+    addresses = [(a.interface, a.address) for a in interface_addresses(None)]
+    return egress_report(
+        config,
+        sample_destinations(desired, config),
+        route,
+        addresses,
+        backend.nat_rules(config.agent.table),
+    )
 
 
 class LinkWatcher:

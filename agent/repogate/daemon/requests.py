@@ -53,7 +53,15 @@ class RequestHandler:
             counters = {"error": str(exc)}
         # State-file notes are read here, when asked, not at every reconcile.
         notes = tuple(self.daemon.engine.store.notes())
-        return {"status": dataclasses.replace(live, notes=notes).to_json(), "counters": counters}
+        answer: dict[str, Any] = {
+            "status": dataclasses.replace(live, notes=notes).to_json(),
+            "counters": counters,
+        }
+        try:  # fresh, from the routes and NAT rules as they are now
+            answer["egress"] = self.daemon.egress_report().to_json()
+        except Exception as exc:  # status must answer even when netlink cannot be read
+            answer["egress_error"] = str(exc)
+        return answer
 
     def sync(self, *, dry_run: bool, accept_shrink: bool, adopt: bool) -> dict[str, Any]:
         daemon = self.daemon

@@ -31,7 +31,8 @@ from repogate.config import Config, load_config
 from repogate.daemon.control import ControlServer
 from repogate.daemon.drift import DriftWatch
 from repogate.daemon.listeners import WhyServer, start_metrics
-from repogate.daemon.metrics import Metrics, MetricsServer
+from repogate.daemon.metrics import Metrics
+from repogate.daemon.metrics_server import MetricsServer
 from repogate.daemon.notify import Notifier
 from repogate.daemon.publish import Publisher
 from repogate.daemon.reconciler import Reconciler
@@ -39,6 +40,7 @@ from repogate.daemon.reload import reload
 from repogate.daemon.requests import RequestHandler
 from repogate.daemon.sources import SourceTable
 from repogate.daemon.watch import BootWriter, EgressWatch, StateWriter
+from repogate.egress import EgressReport
 from repogate.engine import Engine, Generation, Outcome
 from repogate.errors import ConfigError, RepogateError
 from repogate.instance import Instance
@@ -80,7 +82,7 @@ class Daemon:
         self._stopping = threading.Event()
         self._busy_since: float | None = None
         self._metrics_server: MetricsServer | None = None
-        self._egress = EgressWatch(self.metrics)
+        self._egress = EgressWatch(self.metrics, self.egress_report)
 
     @property
     def config(self) -> Config:
@@ -361,6 +363,11 @@ class Daemon:
         self.request_reconcile(why, verify=True)
 
     # -- links and egress addresses -----------------------------------------------
+
+    def egress_report(self) -> EgressReport:
+        from repogate.daemon.netlink import read_egress  # noqa: PLC0415
+
+        return read_egress(self.config, self.engine.last_applied, self.engine.backend)
 
     def _egress_interfaces(self) -> list[str]:
         from repogate.daemon.netlink import egress_interfaces  # noqa: PLC0415

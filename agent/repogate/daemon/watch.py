@@ -12,6 +12,8 @@ from pathlib import Path
 
 from repogate.daemon.metrics import Metrics
 from repogate.daemon.netlink import interface_addresses
+from repogate.egress import EgressReport
+from repogate.egress import describe as describe_egress
 from repogate.engine import Engine
 from repogate.logs import event
 from repogate.model import DesiredState
@@ -23,12 +25,18 @@ REWRITE_EVERY = 10.0  # seconds between boot ruleset rewrites while changes keep
 
 
 class EgressWatch:
-    def __init__(self, metrics: Metrics) -> None:
+    """The egress interfaces' addresses and the egress report (what Bitbucket sees),
+    read at start, on link events and at full verifies; logged when they change."""
+
+    def __init__(self, metrics: Metrics, report: Callable[[], EgressReport] | None = None) -> None:
         self.metrics = metrics
         self.current: list[tuple[str, str]] = []
+        self._report = report
+        self.report: EgressReport | None = None
 
     def update(self, interfaces: list[str], *, log_always: bool) -> list[tuple[str, str]]:
         """Read the addresses; log them when they changed (or `log_always`)."""
+        self._update_report(log_always=log_always)
         try:
             found = [(a.interface, a.address) for a in interface_addresses(interfaces)]
         except Exception as exc:  # netlink trouble must not stop enforcement
@@ -45,12 +53,26 @@ class EgressWatch:
             event(
                 log,
                 logging.WARNING if not found or not log_always else logging.INFO,
-                f"egress addresses (Bitbucket's IP allowlist must contain them): {listed}",
+                f"egress interface addresses: {listed}",
                 egress=[{"interface": i, "address": a} for i, a in found],
             )
         self.current = found
-        self.metrics.egress(found)
+        self.metrics.egress(found, self.report)
         return found
+
+    def _update_report(self, *, log_always: bool) -> None:
+        if self._report is None:
+            return
+        try:
+            report = self._report()
+        except Exception as exc:  # the report is advice: it must not stop enforcement
+            log.warning("cannot work out the egress path: %s", exc)
+            return
+        previous, self.report = self.report, report
+        if log_always or previous is None or previous.problems != report.problems:
+            for line in describe_egress(report):
+                level = logging.WARNING if line.startswith("PROBLEM") else logging.INFO
+                event(log, level, f"egress: {line}", egress=report.to_json())
 
 
 class BootWriter:

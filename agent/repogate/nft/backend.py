@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from repogate.errors import NftError, NftPermissionError, NftUnavailableError
-from repogate.model import CounterValue, KernelTable
+from repogate.model import CounterValue, KernelTable, NatRule
 from repogate.nft.builders import FAMILY, Json, transaction
-from repogate.nft.parse import parse_table
+from repogate.nft.parse import parse_nat_rules, parse_table
 from repogate.nft.query import NetlinkQuery
 
 # libnftables reports failures only as text; this is the one phrase that tells a
@@ -52,6 +52,10 @@ class Backend(Protocol):
         """The ruleset's generation id: unchanged means nothing was committed since."""
         ...
 
+    def nat_rules(self, exclude: str) -> list[NatRule]:
+        """SNAT and masquerade in other tables' postrouting chains (the egress report)."""
+        ...
+
     def watch(self, table: str, on_foreign_change: Callable[[str], None]) -> TableWatch | None:
         """Report other processes' commits to `table` as they happen; None where this
         backend cannot (the caller then watches the generation id instead)."""
@@ -76,6 +80,7 @@ class NftBackend:
         self._reader = _Context(factory())
         self._applier = _Context(factory())
         self._query = query or NetlinkQuery()
+        self._terse: _Context | None = None  # the egress report's ruleset reads
         # Thread ids that committed through this backend, for TableMonitor(own_tasks=):
         # the kernel names the committing thread, which may have ended by then.
         self.committing_tasks: set[int] = set()
@@ -102,6 +107,16 @@ class NftBackend:
 
     def chain_comments(self, table: str, chain: str) -> tuple[str | None, ...] | None:
         return self._query.chain_comments(table, chain)
+
+    def nat_rules(self, exclude: str) -> list[NatRule]:
+        """A terse `list ruleset` (no set elements) in its own context, read on demand:
+        at start, on link events and for `status`, never per packet or per reconcile."""
+        if self._terse is None:
+            nft = _libnftables_context()
+            nft.set_terse_output(True)
+            self._terse = _Context(nft)
+        listing = self._terse.run({"nftables": [{"list": {"ruleset": None}}]})
+        return parse_nat_rules(listing, exclude)
 
     def watch(self, table: str, on_foreign_change: Callable[[str], None]) -> TableWatch | None:
         from repogate.nft.monitor import TableMonitor  # noqa: PLC0415 - daemon only
@@ -185,6 +200,9 @@ class RecordingBackend:
 
     def generation(self) -> int:
         return len(self.transactions)
+
+    def nat_rules(self, exclude: str) -> list[NatRule]:
+        return []
 
     def watch(self, table: str, on_foreign_change: Callable[[str], None]) -> TableWatch | None:
         return None

@@ -6,7 +6,8 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-from repogate.model import CounterValue, KernelChain, KernelSet, KernelTable
+from repogate.addresses import Family
+from repogate.model import CounterValue, KernelChain, KernelSet, KernelTable, NatRule
 from repogate.nft.names import OWNER_COUNTER
 
 
@@ -84,3 +85,52 @@ def _canonical(address: str) -> str:
         return socket.inet_ntop(family, socket.inet_pton(family, address))
     except OSError:
         return address
+
+
+def parse_nat_rules(listing: Iterable[dict[str, Any]], exclude: str) -> list[NatRule]:
+    """SNAT and masquerade rules in postrouting NAT chains of every table but ours
+    (`exclude`, an inet table name), from a terse `list ruleset`."""
+    nat_chains = {
+        (c["family"], c["table"], c["name"])
+        for item in listing
+        if "chain" in item
+        for c in [item["chain"]]
+        if c.get("type") == "nat" and c.get("hook") == "postrouting"
+    }
+    found: list[NatRule] = []
+    for item in listing:
+        rule = item.get("rule")
+        if not isinstance(rule, dict):
+            continue
+        key = (rule.get("family"), rule.get("table"), rule.get("chain"))
+        if key not in nat_chains or (key[0] == "inet" and key[1] == exclude):
+            continue
+        found += _nat_of(f"{key[0]} {key[1]}", str(key[2]), rule.get("expr", []))
+    return found
+
+
+def _nat_of(table: str, chain: str, expressions: list[Any]) -> list[NatRule]:
+    oifname: str | None = None
+    family: Family | None = (
+        4 if table.startswith("ip ") else 6 if table.startswith("ip6 ") else None
+    )
+    for expr in expressions:
+        match = expr.get("match") if isinstance(expr, dict) else None
+        if isinstance(match, dict) and match.get("op") in ("==", "in"):
+            left, right = match.get("left"), match.get("right")
+            if isinstance(left, dict) and left.get("meta", {}).get("key") == "oifname":
+                oifname = right if isinstance(right, str) else None
+            elif isinstance(left, dict) and "payload" in left:
+                protocol = left["payload"].get("protocol")
+                family = 4 if protocol == "ip" else 6 if protocol == "ip6" else family
+        if isinstance(expr, dict) and "masquerade" in expr:
+            return [NatRule(table, chain, "masquerade", None, oifname, family)]
+        if isinstance(expr, dict) and "snat" in expr:
+            body = expr["snat"] if isinstance(expr["snat"], dict) else {}
+            address = body.get("addr")
+            nat_family = body.get("family")
+            if nat_family in ("ip", "ip6"):
+                family = 4 if nat_family == "ip" else 6
+            shown = address if isinstance(address, str) else None
+            return [NatRule(table, chain, "snat", shown, oifname, family)]
+    return []

@@ -63,30 +63,25 @@ class EgressReport:
 
 
 def sample_destinations(desired: DesiredState | None, config: Config) -> dict[int, str]:
-    """One protected address per family to ask the routing table about."""
+    """One protected address per family to ask the routing table about: a resolved
+    single address when there is one (what git connects to), else the middle of the
+    first network (its first host is often a router's own address)."""
     found: dict[int, str] = {}
     for destination in sorted(config.destinations.values(), key=lambda d: d.name):
         for family in (4, 6):
-            if family in found:
-                continue
-            spec = (
-                desired.sets.get(names.destination_set(destination.name, family))
-                if desired
-                else None
-            )
+            name = names.destination_set(destination.name, family)
+            spec = desired.sets.get(name) if desired is not None else None
             elements = sorted(spec.elements) if spec is not None else []
             elements += [str(e) for e in destination.entries if (":" in str(e)) == (family == 6)]
-            if elements:
-                found[family] = _first_host(elements[0])
+            if family not in found and elements:
+                single = [e for e in elements if "/" not in e and "-" not in e]
+                found[family] = single[0] if single else _middle(elements[0])
     return found
 
 
-def _first_host(element: str) -> str:
-    text = element.split("-", maxsplit=1)[0]
-    network = ipaddress.ip_network(text, strict=False)
-    return str(
-        network.network_address + 1 if network.num_addresses > 2 else network.network_address
-    )
+def _middle(element: str) -> str:
+    network = ipaddress.ip_network(element.split("-", maxsplit=1)[0], strict=False)
+    return str(network.network_address + network.num_addresses // 2)
 
 
 def egress_report(

@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="each device, its addresses, and why it is admitted or not",
     )
     devices_parser.add_argument("--json", action="store_true", help="machine-readable output")
+    probe_parser = verbs.add_parser(
+        "probe",
+        parents=[common],
+        help="check the path to Bitbucket now (SSH host key, git over HTTPS); exit 0 if all pass",
+    )
+    probe_parser.add_argument("names", nargs="*", metavar="NAME", help="probes to run (all)")
+    probe_parser.add_argument("--json", action="store_true", help="machine-readable output")
     verbs.add_parser("teardown", parents=[common], help="delete the owned table, nothing else")
     verbs.add_parser(
         "run", parents=[common], help="run as a daemon: keep the table right (systemd notify)"
@@ -249,6 +256,7 @@ VERBS: dict[str, Handler] = {
     "status": lambda call: _views().status(call),
     "explain": lambda call: _views().explain(call),
     "devices": lambda call: _views().devices(call),
+    "probe": lambda call: _views().probe(call),
     "teardown": verbs.teardown,
     "run": _run,
 }

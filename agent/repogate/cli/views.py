@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
 from repogate.addresses import contains
 from repogate.audit import AuditLog
-from repogate.cli.verbs import EXIT_OK, EXIT_USAGE, _offline, local
+from repogate.cli.verbs import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, _offline, local
 from repogate.config import Config
 from repogate.config.devices import DEVICE_KEYS
 from repogate.devices import DeviceRow, device_lines_for, device_rows, format_devices
@@ -36,9 +37,11 @@ def status(call: Invocation) -> int:
 
     config = call.config
     report: EgressReport | None = None
+    probes: list[dict[str, Any]] = []
     try:
         answer = ask(config.agent.table, {"verb": "status"}, timeout=10.0)
         view, counters = from_json(answer["status"]), answer.get("counters", {})
+        probes = answer.get("probes", [])
         if "egress" in answer:
             report = EgressReport.from_json(answer["egress"])
     except NoDaemonError:
@@ -51,12 +54,18 @@ def status(call: Invocation) -> int:
             "counters": _traffic_json(counters),
             "egress_addresses": [{"interface": i, "address": a} for i, a in egress],
             "egress": report.to_json() if report is not None else None,
+            "probes": probes,
             "recent_changes": recent,
         }
         json.dump(document, call.out, indent=2)
         call.out.write("\n")
         return EXIT_OK
     lines = format_status(view, counters, egress, report)
+    if config.probes:
+        lines += ["", "probes (the daemon's last runs; `repogate probe` runs them now):"]
+        lines += [f"  {_probe_line(p)}" for p in probes] or [
+            "  not run yet (no daemon, or just started)"
+        ]
     lines += ["", "recent changes (audit trail):", *_changes(recent)]
     call.out.write("\n".join(lines) + "\n")
     return EXIT_OK
@@ -211,3 +220,38 @@ def _egress(config: Config) -> tuple[tuple[str, str], ...]:
         return tuple((a.interface, a.address) for a in netlink.interface_addresses(interfaces))
     except Exception:  # status must work without pyroute2 or netlink access
         return ()
+
+
+def _probe_line(data: dict[str, Any]) -> str:
+    from repogate.probes import ProbeResult  # noqa: PLC0415
+
+    return ProbeResult.from_json(data).line()
+
+
+def probe(call: Invocation) -> int:
+    """Run probes now: through the daemon when one runs (its metrics see the result),
+    here otherwise. Exit 0 only when every probe asked for passed."""
+    from repogate.probes import ProbeResult, run_probe  # noqa: PLC0415
+
+    config = call.config
+    names: list[str] = list(call.args.names)
+    known = {p.name: p for p in config.probes}
+    unknown = [name for name in names if name not in known]
+    if not known or unknown:
+        what = f"no probe named {', '.join(unknown)}" if unknown else "no [[probes]] configured"
+        print(f"{what} (probes: {', '.join(known) or 'none'})", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        answer = ask(config.agent.table, {"verb": "probe", "names": names}, timeout=120.0)
+        if "error" in answer:
+            print(answer["error"], file=sys.stderr)
+            return EXIT_USAGE
+        results = [ProbeResult.from_json(r) for r in answer["probes"]]
+    except NoDaemonError:
+        results = [run_probe(known[name]) for name in names or known]
+    if call.args.json:
+        json.dump([r.to_json() for r in results], call.out, indent=2)
+        call.out.write("\n")
+    else:
+        call.out.write("".join(r.line() + "\n" for r in results))
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILURE

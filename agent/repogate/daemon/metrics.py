@@ -29,6 +29,7 @@ from repogate.egress import EgressReport
 from repogate.errors import RepogateError
 from repogate.live import OK, InventoryView
 from repogate.model import CounterValue
+from repogate.probes import ProbeResult
 
 log = logging.getLogger(__name__)
 VERDICTS = ("allowed", "denied")
@@ -84,6 +85,17 @@ class Metrics:
                     "Device records in each inventory as last read, by whether they qualify "
                     "now (compliant and fresh).",
                     ("inventory", "qualifies"),
+                ),
+                _Family(
+                    "repogate_probe_success",
+                    "1 when the probe's last run passed, 0 when it failed (repogate probe "
+                    "NAME says why).",
+                    ("probe", "type"),
+                ),
+                _Family(
+                    "repogate_probe_duration_seconds",
+                    "How long the probe's last run took.",
+                    ("probe", "type"),
                 ),
                 _Family(
                     "repogate_egress_address_info",
@@ -228,6 +240,15 @@ class Metrics:
             for p in report.paths
         ]
         self._replaced.replace("repogate_egress_source_declared", sources)
+
+    def probes(self, results: Iterable[ProbeResult], configured: Iterable[str]) -> None:
+        """The probes' last results (a configured probe not run yet has no series)."""
+        keep = set(configured)
+        done = [r for r in results if r.name in keep]
+        success = [((r.name, r.type), r.ok) for r in done]
+        self._replaced.replace("repogate_probe_success", success)
+        duration = [((r.name, r.type), r.seconds) for r in done]
+        self._replaced.replace("repogate_probe_duration_seconds", duration)
 
     def holds(self, sources: Iterable[str], held: Iterable[str]) -> None:
         held_set = set(held)

@@ -53,6 +53,7 @@ def reload(daemon: Daemon) -> None:
     for key in daemon.sources.source_keys(local_only=True):
         daemon.sources.fetch(key, force=True)
     daemon.drift.configure(config)
+    daemon.probes.configure(config.probes)
     if daemon._scheduler is not None:
         daemon._schedule_refreshes()
     # Re-read the kernel: a reload often follows `systemctl reload nftables`

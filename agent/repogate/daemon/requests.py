@@ -25,7 +25,7 @@ class RequestHandler:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
 
-    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:  # noqa: PLR0911 - one per verb
         verb = request.get("verb")
         if verb == "status":
             return self.status()
@@ -37,6 +37,12 @@ class RequestHandler:
             )
         if verb == "explain":
             return self.explain(str(request.get("address", "")))
+        if verb == "probe":
+            names = [str(name) for name in request.get("names", [])]
+            unknown = sorted(set(names) - {probe.name for probe in self.daemon.config.probes})
+            if unknown:
+                return {"error": f"no probe named {', '.join(unknown)}"}
+            return {"probes": [r.to_json() for r in self.daemon.probes.run_now(names)]}
         if verb == "devices":
             return {"devices": [row.to_json() for row in device_rows(self.device_sources())]}
         return {"error": f"unknown request {verb!r}"}
@@ -57,8 +63,9 @@ class RequestHandler:
             "status": dataclasses.replace(live, notes=notes).to_json(),
             "counters": counters,
         }
+        answer["probes"] = [r.to_json() for r in self.daemon.probes.results.values()]
         try:  # fresh, from the routes and NAT rules as they are now
-            answer["egress"] = self.daemon.egress_report().to_json()
+            answer["egress"] = self.daemon.egress.fresh().to_json()
         except Exception as exc:  # status must answer even when netlink cannot be read
             answer["egress_error"] = str(exc)
         return answer

@@ -33,14 +33,15 @@ from repogate.daemon.drift import DriftWatch
 from repogate.daemon.listeners import WhyServer, start_metrics
 from repogate.daemon.metrics import Metrics
 from repogate.daemon.metrics_server import MetricsServer
+from repogate.daemon.netlink import read_egress
 from repogate.daemon.notify import Notifier
+from repogate.daemon.probes import ProbeRunner
 from repogate.daemon.publish import Publisher
 from repogate.daemon.reconciler import Reconciler
 from repogate.daemon.reload import reload
 from repogate.daemon.requests import RequestHandler
 from repogate.daemon.sources import SourceTable
 from repogate.daemon.watch import BootWriter, EgressWatch, StateWriter
-from repogate.egress import EgressReport
 from repogate.engine import Engine, Generation, Outcome
 from repogate.errors import ConfigError, RepogateError
 from repogate.instance import Instance
@@ -82,7 +83,11 @@ class Daemon:
         self._stopping = threading.Event()
         self._busy_since: float | None = None
         self._metrics_server: MetricsServer | None = None
-        self._egress = EgressWatch(self.metrics, self.egress_report)
+        self.egress = EgressWatch(
+            self.metrics,
+            lambda: read_egress(self.config, self.engine.last_applied, self.engine.backend),
+            lambda: self.config.agent.egress_interfaces,
+        )
 
     @property
     def config(self) -> Config:
@@ -144,16 +149,19 @@ class Daemon:
         if not self.reconcile({"start"}, verify=True):
             log.error("initial reconcile failed; the previous rules (if any) stay in force")
             return EXIT_FAILURE
-        self._egress.update(self._egress_interfaces(), log_always=True)
+        self.egress.update(log_always=True)
         requests = RequestHandler(self)
         self.control = ControlServer(lambda: self.lock.listener, requests.handle)
         self.why = WhyServer(config.why.listen, requests.why)
+        self.probes = ProbeRunner(self.metrics)
+        self.probes.configure(config.probes)
         # Worker threads inherit a blocked signal mask, so signals always reach the main
         # thread, which is waiting for them.
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
             self._start_scheduler()
-            for part in (self.boot, self.state_writer, self.drift, self.reconciler, self.control):
+            parts = (self.boot, self.state_writer, self.drift, self.reconciler, self.control)
+            for part in (*parts, self.probes):
                 part.start()
             from repogate.daemon.netlink import LinkWatcher  # noqa: PLC0415 - pyroute2
 
@@ -202,6 +210,7 @@ class Daemon:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)  # workers may be stuck: never join them
         self.control.close()
+        self.probes.stop()
         self.drift.close()
         if not self.reconciler.stop(STOP_DEADLINE):
             log.warning("the reconcile in flight did not finish in time; stopping anyway")
@@ -364,29 +373,17 @@ class Daemon:
 
     # -- links and egress addresses -----------------------------------------------
 
-    def egress_report(self) -> EgressReport:
-        from repogate.daemon.netlink import read_egress  # noqa: PLC0415
-
-        return read_egress(self.config, self.engine.last_applied, self.engine.backend)
-
-    def _egress_interfaces(self) -> list[str]:
-        from repogate.daemon.netlink import egress_interfaces  # noqa: PLC0415
-
-        return egress_interfaces(self.config.agent.egress_interfaces)
-
     def _on_link_event(self, link_event: Any) -> None:
-        watched = set(self._egress_interfaces())
-        if link_event.interface not in watched and link_event.kind != "link-up":
+        # Any address change matters once egress.addresses are declared (they may sit
+        # on an interface that is not the uplink).
+        declared = bool(self.config.egress.addresses) and "address" in link_event.kind
+        watched = link_event.interface in self.egress.interfaces()
+        if not (watched or declared or link_event.kind == "link-up"):
             return
         detail = f" {link_event.address}" if link_event.address else ""
-        event(
-            log,
-            logging.INFO,
-            f"link event: {link_event.interface} {link_event.kind}{detail}",
-            interface=link_event.interface,
-            link_event=link_event.kind,
-        )
-        self._egress.update(self._egress_interfaces(), log_always=False)
+        what = f"link event: {link_event.interface} {link_event.kind}{detail}"
+        event(log, logging.INFO, what, interface=link_event.interface, link_event=link_event.kind)
+        self.egress.update(log_always=False)
         if link_event.kind == "link-up":
             # Connectivity may be back: retry failing sources now, and check the table.
             for key in self.sources.failing():

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from repogate.daemon.metrics import Metrics
-from repogate.daemon.netlink import interface_addresses
+from repogate.daemon.netlink import egress_interfaces, interface_addresses
 from repogate.egress import EgressReport
 from repogate.egress import describe as describe_egress
 from repogate.engine import Engine
@@ -28,15 +28,26 @@ class EgressWatch:
     """The egress interfaces' addresses and the egress report (what Bitbucket sees),
     read at start, on link events and at full verifies; logged when they change."""
 
-    def __init__(self, metrics: Metrics, report: Callable[[], EgressReport] | None = None) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        report: Callable[[], EgressReport] | None = None,
+        configured: Callable[[], tuple[str, ...]] = tuple,
+    ) -> None:
         self.metrics = metrics
         self.current: list[tuple[str, str]] = []
         self._report = report
+        self._configured = configured  # agent.egress_interfaces, as the config says now
         self.report: EgressReport | None = None
 
-    def update(self, interfaces: list[str], *, log_always: bool) -> list[tuple[str, str]]:
+    def interfaces(self) -> list[str]:
+        """The egress interfaces: configured, or those with a default route."""
+        return egress_interfaces(self._configured())
+
+    def update(self, *, log_always: bool) -> list[tuple[str, str]]:
         """Read the addresses; log them when they changed (or `log_always`)."""
         self._update_report(log_always=log_always)
+        interfaces = self.interfaces()
         try:
             found = [(a.interface, a.address) for a in interface_addresses(interfaces)]
         except Exception as exc:  # netlink trouble must not stop enforcement
@@ -59,6 +70,12 @@ class EgressWatch:
         self.current = found
         self.metrics.egress(found, self.report)
         return found
+
+    def fresh(self) -> EgressReport:
+        """The report read now (for `status`), without logging or metrics."""
+        if self._report is None:
+            raise RuntimeError("no egress report configured")
+        return self._report()
 
     def _update_report(self, *, log_always: bool) -> None:
         if self._report is None:

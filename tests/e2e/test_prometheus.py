@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from lab import netns
 from lab.config import office_group
 from lab.dns import DnsServer
 from lab.prometheus import (
@@ -51,6 +52,7 @@ from lab.prometheus import (
     start_prometheus,
 )
 from lab.spec import GATEWAY
+from lab.sshd import start_sshd
 from lab.topology import Lab, TargetRef
 from repogate import __version__
 
@@ -175,6 +177,16 @@ def stand_in_metrics(elapsed: float, now: float) -> str:
             [({"inventory": "it"}, now - 30)],
         ),
         *_family("repogate_inventory_up", "gauge", [({"inventory": "it", "type": "file"}, 1)]),
+        *_family("repogate_probe_success", "gauge", [({"probe": "ssh", "type": "ssh"}, 1)]),
+        *_family(
+            "repogate_probe_duration_seconds", "gauge", [({"probe": "ssh", "type": "ssh"}, 0.3)]
+        ),
+        *_family("repogate_egress_address_present", "gauge", [({"address": "203.0.113.7"}, 1)]),
+        *_family(
+            "repogate_egress_source_declared",
+            "gauge",
+            [({"family": "ipv4", "source": "203.0.113.7", "interface": "eth0"}, 1)],
+        ),
         *_family(
             "repogate_inventory_records",
             "gauge",
@@ -510,7 +522,7 @@ def test_rules_evaluate_on_live_data_and_alert_on_the_failing_source(observed: O
     assert alerts == expected
 
 
-def agent_config(lab: Lab, listen: str) -> None:
+def agent_config(lab: Lab, listen: str, known_hosts: Path) -> None:
     """The lab config with every kind of source, so every panel has something to show.
 
     office is static; laptops a file with bob and one bad line (a rejected entry); home a
@@ -529,8 +541,13 @@ def agent_config(lab: Lab, listen: str) -> None:
     inventory = {"name": "it", "type": "file", "path": str(devices), "format": "csv"}
     lan_group = {"name": "lan", "type": "dhcp", "leases": str(leases), "inventory": "it"}
     egress = f"{lab.tag}g{lab.spec.link('bitbucket').short}"
+    # A probe of a real sshd beside the lab's Bitbucket (it passes: the agent stays quiet)
+    # and the gateway's own address declared as the egress address, for those panels.
+    probe = {"name": "ssh", "type": "ssh", "target": f"{SSHD_ADDRESS}:22", "timeout": "2s"}
     overrides: dict[str, Any] = {
         "agent": {"verify_interval": "3.5s", "egress_interfaces": [egress]},
+        "egress": {"addresses": [lab.spec.link("bitbucket").gw_v4]},
+        "probes": [{**probe, "known_hosts": str(known_hosts)}],
         "metrics": {"listen": listen},
         "resolver": {"nameservers": [DNS_ADDRESS], "timeout": "1s"},
         "destinations": {"bitbucket": {"hosts": ["bitbucket.lab.test"], "min_refresh": "1s"}},
@@ -538,6 +555,26 @@ def agent_config(lab: Lab, listen: str) -> None:
         "clients": [office_group(OFFICE_WITHOUT_BOB), file_group, dns_group, lan_group],
     }
     lab.write_config(overrides)
+
+
+SSHD_ADDRESS = "198.51.100.30"
+
+
+@pytest.fixture
+def sshd_known_hosts(bare_lab: Lab, tmp_path: Path) -> Iterator[Path]:
+    """A real sshd beside the lab's Bitbucket, and a known_hosts naming its keys."""
+    server, server_if = bare_lab.ns("bitbucket"), bare_lab._ifnames("bitb")[1]
+    netns.add_address(server, server_if, f"{SSHD_ADDRESS}/24")
+    try:
+        with start_sshd(server, tmp_path / "sshd", [(SSHD_ADDRESS, 22)]) as sshd:
+            known_hosts = tmp_path / "known_hosts"
+            known_hosts.write_text(sshd.known_hosts([SSHD_ADDRESS]))
+            yield known_hosts
+    finally:
+        netns.run(
+            ["ip", "-n", server, "address", "del", f"{SSHD_ADDRESS}/24", "dev", server_if],
+            check=False,
+        )
 
 
 @pytest.fixture
@@ -553,7 +590,7 @@ def dns(bare_lab: Lab, tmp_path: Path) -> Iterator[DnsServer]:
 
 
 def test_every_dashboard_query_has_data_from_the_agent(
-    observed: Observed, bare_lab: Lab, dns: DnsServer, tmp_path: Path
+    observed: Observed, bare_lab: Lab, dns: DnsServer, sshd_known_hosts: Path, tmp_path: Path
 ) -> None:
     lab, prom, instance = bare_lab, observed.prom, observed.agent
     for entry in lab.state_dir.iterdir():
@@ -561,7 +598,7 @@ def test_every_dashboard_query_has_data_from_the_agent(
             entry.unlink()
         else:
             shutil.rmtree(entry)
-    agent_config(lab, instance)
+    agent_config(lab, instance, sshd_known_hosts)
     env = {k: v for k, v in lab.env().items() if k not in _SYSTEMD_ENV}
     log_path = tmp_path / "daemon.log"
     with log_path.open("wb") as log_file:

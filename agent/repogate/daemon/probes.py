@@ -21,7 +21,7 @@ from repogate.logs import event
 from repogate.probes import ProbeResult, run_probe
 
 log = logging.getLogger("repogate")
-FIRST_RUN_DELAY = 5.0  # after start or reload: let the first reconcile and DNS settle
+FIRST_RUN_DELAY = 1.0  # after start or reload: once the first reconcile has applied
 
 
 class ProbeRunner:

@@ -55,16 +55,14 @@ def test_egress_address_changes_are_logged_and_reported(netns: Namespace) -> Non
     daemon = start_daemon(netns, config, log)
     try:
         wait_for(log, "ready:")
-        assert "egress addresses (Bitbucket's IP allowlist must contain them): none found" in (
-            log.read_text()
-        )
+        assert "egress interface addresses: none found" in log.read_text()
         netns.run("ip", "addr", "add", "192.0.2.77/24", "dev", "rgeg0")
         netns.run("ip", "link", "set", "rgeg0", "up")
         netns.run("ip", "link", "set", "rgeg1", "up")
         wait_for(log, "rgeg0 192.0.2.77")
         wait_for(log, "link event: rgeg0 link-up")
         status = netns.repogate("status", config=config)
-        assert "  rgeg0 192.0.2.77" in status.stdout
+        assert "    rgeg0 192.0.2.77" in status.stdout
         netns.run("ip", "addr", "del", "192.0.2.77/24", "dev", "rgeg0")
         wait_for(log, "link event: rgeg0 address-removed 192.0.2.77")
     finally:

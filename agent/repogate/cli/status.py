@@ -127,10 +127,11 @@ def _source_line(source: SourceView) -> str:
 
 
 def _egress_lines(egress: Sequence[tuple[str, str]], report: EgressReport | None) -> list[str]:
-    if report is not None:
-        return [f"  {line}" for line in describe_egress(report)]
-    lines = ["  cannot read routes here; the egress interfaces' addresses:"]
-    return lines + ([f"  {i} {a}" for i, a in egress] or ["  none found"])
+    lines = [f"  {line}" for line in describe_egress(report)] if report is not None else []
+    if report is None:
+        lines.append("  cannot read routes here")
+    lines.append("  egress interfaces' addresses:" if egress else "  egress interfaces: none found")
+    return lines + [f"    {i} {a}" for i, a in egress]
 
 
 def _inventory_line(inventory: InventoryView) -> str:

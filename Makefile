@@ -11,11 +11,13 @@ APT_PACKAGES := nftables python3-nftables python3-venv iproute2 procps util-linu
 	python3-pytest python3-trustme systemd \
 	dnsmasq-base bind9-dnsutils prometheus \
 	wireguard-go wireguard-tools openvpn busybox \
-	openssh-server openssh-client git nginx fcgiwrap
+	openssh-server openssh-client git nginx fcgiwrap man-db \
+	debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools dpkg-dev \
+	fakeroot lintian
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PIP := $(VENV)/.pip-stamp
 
-.PHONY: all deps venv test test-debian lint typecheck unit demo bench deb clean
+.PHONY: all deps venv test test-debian lint typecheck unit demo bench deb test-package clean
 
 all: test
 
@@ -44,8 +46,8 @@ deps: $(STAMP_PIP)
 venv: deps
 
 lint: deps
-	$(VENV)/bin/ruff check agent tests lab bench
-	$(VENV)/bin/ruff format --check agent tests lab bench
+	$(VENV)/bin/ruff check agent tests lab bench packaging/manpages.py
+	$(VENV)/bin/ruff format --check agent tests lab bench packaging/manpages.py
 
 typecheck: deps
 	$(VENV)/bin/mypy
@@ -71,7 +73,16 @@ bench: deps
 	$(PY) bench/run.py
 	$(PY) bench/nft_layer.py
 
+# The .deb, built by dpkg-buildpackage (debhelper 13, dh-python, pybuild) from a copy
+# of this tree with packaging/debian as debian/; then lintian. Installs its own
+# build dependencies when run as root.
+DEB_BUILD_DEPS := debhelper dh-python pybuild-plugin-pyproject python3-all \
+	python3-setuptools dpkg-dev fakeroot lintian
 deb:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=""; for p in $(DEB_BUILD_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  [ -z "$$missing" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 	packaging/build-deb dist
 
 clean:

@@ -29,11 +29,14 @@ def test_control_fields_name_the_real_dependencies(deb: Path) -> None:
         "nftables",
         "python3 (>= 3.11)",
         "python3-apscheduler (>= 3.9)",
-        "python3-pyroute2",
-        # postinst creates the service user with one or the other
-        "systemd-sysusers | adduser",
+        "python3-pyroute2 (>= 0.7)",
+        # the shipped config fetches Atlassian's feed over HTTPS
+        "ca-certificates",
+        # postinst creates the service user with systemd-sysusers (dh_installsysusers)
+        "systemd | systemd-standalone-sysusers | systemd-sysusers",
     ):
-        assert dependency in depends
+        assert dependency in depends, depends
+    assert dpkg_field(deb, "Maintainer").endswith("<maintainers@repogate.dev>")
 
 
 def test_contents_are_owned_by_root_and_the_config_is_a_conffile(deb: Path, tmp_path: Path) -> None:

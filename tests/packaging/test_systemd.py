@@ -197,9 +197,7 @@ def test_the_package_ships_the_unit_and_the_sysusers_entry(installed_root: Path)
     assert (installed_root / "usr/share/doc/repogate/service.md").is_file()
 
 
-def test_postinst_creates_the_user_and_never_enables_or_starts(
-    deb: Path, tmp_path: Path
-) -> None:
+def test_postinst_creates_the_user_and_never_enables_or_starts(deb: Path, tmp_path: Path) -> None:
     """Run the package's postinst (written by debhelper) against stand-ins that record
     their arguments: a fresh install creates the user and neither enables nor starts."""
     control = tmp_path / "control"
@@ -212,7 +210,9 @@ def test_postinst_creates_the_user_and_never_enables_or_starts(
     for tool in (*tools, "py3compile", "pypy3compile"):
         shim = shims / tool
         # deb-systemd-helper answers "no" to was-enabled / debian-installed questions.
-        shim.write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\n[ {tool} != deb-systemd-helper ]\n')
+        shim.write_text(
+            f'#!/bin/sh\necho "{tool} $*" >> {calls}\n[ {tool} != deb-systemd-helper ]\n'
+        )
         shim.chmod(0o755)
     subprocess.run(
         ["/bin/sh", str(control / "postinst"), "configure", ""],

@@ -194,7 +194,7 @@ def test_sysusers_creates_a_system_user_without_login(tmp_path: Path) -> None:
 def test_the_package_ships_the_unit_and_the_sysusers_entry(installed_root: Path) -> None:
     assert (installed_root / UNIT_IN_PACKAGE).read_text() == UNIT.read_text()
     assert (installed_root / SYSUSERS_IN_PACKAGE).read_text() == SYSUSERS.read_text()
-    assert (installed_root / "usr/share/doc/repogate/service.md").is_file()
+    assert (installed_root / "usr/share/doc/repogate/docs/service.md").is_file()
 
 
 def test_postinst_creates_the_user_and_never_enables_or_starts(deb: Path, tmp_path: Path) -> None:

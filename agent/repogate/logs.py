@@ -80,6 +80,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(document, default=str, separators=(",", ":"))
 
 
+class QuietLibraries(logging.Filter):
+    """Drops QUIETED libraries' records below their level, at the handler.
+
+    Setting the loggers' levels is not enough: pyroute2 resets its logger to level 0
+    when it is imported (pyroute2/config/log.py), which happens after start-up, and
+    its "tcmsg: /proc/net/psched" warning then reached the journal on every start
+    under the unit's ProcSubset=pid (found by the booted-install proof).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, level in QUIETED.items():
+            if record.name == name or record.name.startswith(name + "."):
+                return record.levelno >= level
+        return True
+
+
 def setup_logging(
     log_format: str, stream: TextIO | None = None, environ: Mapping[str, str] | None = None
 ) -> None:
@@ -92,6 +108,7 @@ def setup_logging(
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+    handler.addFilter(QuietLibraries())
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     for name, level in QUIETED.items():

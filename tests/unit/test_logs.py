@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +87,28 @@ def test_pyroute2_warnings_are_quiet_but_its_errors_are_not(journal: io.StringIO
 def test_the_quieted_name_is_the_one_pyroute2_logs_under() -> None:
     common = pytest.importorskip("pyroute2.netlink.rtnl.tcmsg.common")
     assert common.log.name.split(".")[0] in QUIETED
+
+
+def test_pyroute2_stays_quiet_after_it_resets_its_own_logger_on_import() -> None:
+    """pyroute2's import sets its logger's level to 0 again (after setup_logging ran,
+    in the daemon): the handler's filter still drops its warnings. A fresh interpreter,
+    so the import really happens after setup_logging."""
+    pytest.importorskip("pyroute2")
+    script = (
+        "import logging, sys\n"
+        "from repogate.logs import setup_logging\n"
+        "setup_logging('text', stream=sys.stdout)\n"
+        "import pyroute2\n"
+        "logging.getLogger('pyroute2').setLevel(0)\n"
+        "logging.getLogger('pyroute2.netlink.rtnl.tcmsg.common').warning('tc is limited')\n"
+        "logging.getLogger('pyroute2').error('a real error')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "agent")},
+    )
+    assert "tc is limited" not in result.stdout, result.stdout
+    assert result.stdout.endswith("error: a real error\n"), result.stdout

@@ -46,8 +46,8 @@ deps: $(STAMP_PIP)
 venv: deps
 
 lint: deps
-	$(VENV)/bin/ruff check agent tests lab bench packaging/manpages.py
-	$(VENV)/bin/ruff format --check agent tests lab bench packaging/manpages.py
+	$(VENV)/bin/ruff check agent tests lab bench packaging packaging/proof/run
+	$(VENV)/bin/ruff format --check agent tests lab bench packaging packaging/proof/run
 
 typecheck: deps
 	$(VENV)/bin/mypy
@@ -84,6 +84,13 @@ deb:
 	  [ -z "$$missing" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	packaging/build-deb dist
+
+# The package proven on a booted Debian 12 (systemd as PID 1 in systemd-nspawn): install
+# disabled, enable, STATUS, metrics, the table, user and capabilities, reload good and
+# bad, a prompt stop with a hanging source, an upgrade that changes nothing in the
+# kernel, purge. Root; the debootstrapped base is cached in /var/cache/repogate-proof.
+test-package: deb
+	packaging/proof/run "dist/repogate_$$(dpkg-parsechangelog -l packaging/debian/changelog -S Version)_all.deb"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info agent/*.egg-info

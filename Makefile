@@ -17,7 +17,7 @@ APT_PACKAGES := nftables python3-nftables python3-venv iproute2 procps util-linu
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PIP := $(VENV)/.pip-stamp
 
-.PHONY: all deps venv test test-debian lint typecheck unit demo bench deb test-package clean
+.PHONY: all deps venv test test-debian lint typecheck unit demo bench deb test-package proof clean
 
 all: test
 
@@ -56,7 +56,7 @@ unit: deps
 	$(PY) -m pytest -q tests/unit
 
 test: lint typecheck
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests -m "not fault or fault_short"
 	$(MAKE) --no-print-directory test-debian
 
 # The unit tests and the daemon's end-to-end tests again, on Debian bookworm's
@@ -84,6 +84,14 @@ deb:
 	  [ -z "$$missing" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	packaging/build-deb dist
+
+# The fault suite: every fault in tests/e2e/test_faults.py against the real daemon in the
+# lab, with continuity loops counting wrong-state moments; prints docs/reliability.md's
+# table. `make test` runs the ones marked fault_short.
+proof: deps
+	rm -f build/faults.jsonl
+	$(PY) -m pytest -q tests/e2e/test_faults.py -m fault
+	$(PY) tests/e2e/faults.py build/faults.jsonl
 
 # The package proven on a booted Debian 12 (systemd as PID 1 in systemd-nspawn): install
 # disabled, enable, STATUS, metrics, the table, user and capabilities, reload good and

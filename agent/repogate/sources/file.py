@@ -18,7 +18,7 @@ from repogate.addresses import parse_many
 from repogate.config import FileClients
 from repogate.errors import SourceError
 from repogate.sources import SourceResult
-from repogate.sources.formats import parse_json, parse_lines
+from repogate.sources.formats import parse_json, parse_lines, refuse_if_nothing_valid
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
 # faccessat(AT_EACCESS): ask with the ids the read will use, not the real ones.
@@ -74,6 +74,8 @@ class FileSource:
         else:
             raw = parse_lines(text)
         parsed = parse_many(raw.items, raw.locate, self._limits, skip_empty=raw.skip_empty)
+        first = parsed.rejected_sample[0] if parsed.rejected_sample else ""
+        refuse_if_nothing_valid(str(path), parsed.accepted, parsed.rejected_count, first)
         return SourceResult(
             entries=parsed.entries,
             accepted=parsed.accepted,

@@ -46,3 +46,14 @@ def parse_json(text: str, json_path: str | None) -> RawList:
         raise SourceError(f"JSON at {where} is not a list")
     items: list[object] = document
     return RawList(items, lambda index: f"{where}[{index}]")
+
+
+def refuse_if_nothing_valid(where: str, accepted: int, rejected: int, sample: object) -> None:
+    """A list in which every entry is rejected is a broken list, not an empty one: the
+    group keeps its last known good entries (fail closed) instead of admitting nobody.
+    A list that is empty on purpose has no entries to reject, and still applies."""
+    if accepted == 0 and rejected > 0:
+        raise SourceError(
+            f"{where}: no valid entry, all {rejected} rejected (first: {sample}); "
+            "keeping the last known good entries"
+        )

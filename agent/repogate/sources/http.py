@@ -17,7 +17,7 @@ from repogate.addresses import parse_many
 from repogate.config.schema import HttpClients, HttpOptions
 from repogate.errors import SourceError
 from repogate.sources import SourceResult
-from repogate.sources.formats import parse_json, parse_lines
+from repogate.sources.formats import parse_json, parse_lines, refuse_if_nothing_valid
 from repogate.sources.transport import Fetcher, HttpResponse, fetch_url
 from repogate.sources.trust import read_token, tls_context
 
@@ -147,6 +147,8 @@ class HttpSource(ConditionalSource):
         except SourceError as exc:
             raise SourceError(f"{url}: {exc}") from exc
         parsed = parse_many(raw.items, raw.locate, self._limits, skip_empty=raw.skip_empty)
+        first = parsed.rejected_sample[0] if parsed.rejected_sample else ""
+        refuse_if_nothing_valid(url, parsed.accepted, parsed.rejected_count, first)
         return SourceResult(
             entries=parsed.entries,
             accepted=parsed.accepted,

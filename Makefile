@@ -90,7 +90,7 @@ deb:
 # table. `make test` runs the ones marked fault_short.
 proof: deps
 	rm -f build/faults.jsonl
-	$(PY) -m pytest -q tests/e2e/test_faults.py -m fault
+	$(PY) -m pytest -q tests/e2e -m fault
 	$(PY) tests/e2e/faults.py build/faults.jsonl
 
 # The package proven on a booted Debian 12 (systemd as PID 1 in systemd-nspawn): install

@@ -127,6 +127,13 @@ def test_snat_pins_clones_to_the_egress_address_and_probes_tell_failures_apart(
     daemon = start_daemon()
     daemon.wait_ready()
 
+    def first_runs_done() -> bool:
+        return len(json.loads(lab.repogate("status", "--json").stdout)["probes"]) == 3
+
+    # The daemon's own first runs (a second after start) must be over before the faults
+    # below, or one of them could land after the host-key rotation.
+    assert wait_until(first_runs_done, 30.0, step=0.5) is not None, daemon.context()
+
     # A developer on an approved address clones through the gateway: the server sees
     # only the egress address, which its allowlist holds.
     env = {**os.environ, "GIT_SSL_CAINFO": str(bitbucket.git.ca_file), "GIT_TERMINAL_PROMPT": "0"}

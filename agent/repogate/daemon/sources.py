@@ -173,10 +173,9 @@ class SourceTable:
         with self._lock:
             recovered = state.failure is not None
             previous = state.result
-            changed = previous is None or (previous.entries, previous.notes) != (
-                result.entries,
-                result.notes,
-            )
+            # What status shows changes too: the notes, and which entries were rejected
+            # (a list that gains a 0.0.0.0/0 keeps its entries, but status must say so).
+            changed = previous is None or _shown(previous) != _shown(result)
             state.result, state.failure, state.failing_since = result, None, None
             state.signature = signature
         if recovered:
@@ -228,3 +227,8 @@ class SourceTable:
             for result, count in outcomes.items():
                 if count:
                     self.metrics.dns_queries.labels(result=str(result)).inc(count)
+
+
+def _shown(result: SourceResult) -> tuple[object, ...]:
+    """What a refresh changes in the table or in what `status` says about the source."""
+    return (result.entries, result.notes, result.rejected_count, result.rejected_sample)

@@ -92,8 +92,11 @@ class Container:
                 pids = children.read_text().split()
             except OSError:
                 pids = []
-            if pids:
-                return int(pids[0])
+            # nspawn forks helpers before it execs the container's init: wait for the
+            # child that is systemd itself, or nsenter joins a process about to vanish.
+            for pid in pids:
+                if _comm(int(pid)) == "systemd":
+                    return int(pid)
             time.sleep(0.2)
         raise Failed("no container PID 1 appeared")
 
@@ -101,6 +104,8 @@ class Container:
         state = "unknown"
         while time.monotonic() < deadline:
             self._alive()
+            if _comm(self.init_pid or 0) != "systemd":
+                self.init_pid = self._wait_for_init(deadline)
             state = self.run("systemctl", "is-system-running", timeout=10).stdout.strip()
             if state in ("running", "degraded"):
                 return state
@@ -191,3 +196,11 @@ def run_directory(keep: bool) -> Iterator[Path]:
             print(f"info  NOT removing {directory}: still mounted: {mounts}", flush=True)
         else:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def _comm(pid: int) -> str:
+    """A process's command name, or "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""

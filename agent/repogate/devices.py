@@ -107,8 +107,7 @@ def inventory_views(sources: Mapping[str, DeviceSource], now: float) -> tuple[In
     for name, reader in sorted(readers.items()):
         last = reader.last
         records = last.records if last is not None else ()
-        max_age = reader.inventory.max_age
-        compliant = sum(1 for r in records if qualifies(r, now=now, max_age=max_age)[0])
+        compliant = reader.qualifying(now)
         if last is None:
             state = NEVER_FETCHED if reader.failure is None else FAILING
         elif reader.failure is None:

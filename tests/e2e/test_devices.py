@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,6 +128,28 @@ def tunnels(daemon_lab: Lab, tmp_path: Path) -> Iterator[Tunnels]:
         configure_lab(lab)
 
 
+def seconds_to_cut(lab: Lab, daemon: Any, revoke: Callable[[], None]) -> float:
+    """Hold a TCP connection open from alice's tunnel address, call `revoke`, and return
+    how long after it the connection broke."""
+    hold = subprocess.Popen(
+        netns.in_netns(lab.ns("alice"), [lab.python, "-c", HOLD, ALICE_TUNNEL, str(ECHO_PORT)]),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert hold.stdout is not None
+        assert hold.stdout.readline().startswith("connected"), daemon.context()
+        time.sleep(0.5)
+        revoked = time.time()
+        revoke()
+        broken = hold.stdout.readline().split()
+        assert broken and broken[0] == "broken", daemon.context()
+        return float(broken[1]) - revoked
+    finally:
+        hold.kill()
+        hold.wait()
+
+
 def write_inventory(tunnels: Tunnels, *, alice_compliant: bool) -> None:
     write_atomically(
         tunnels.inventory,
@@ -187,25 +210,9 @@ def test_wireguard_devices_admitted_while_compliant_and_cut_when_they_stop(
     assert "C02MALLORY (mallory)" in refused and "non-compliant per inventory" in refused
 
     # An open connection from alice, then alice stops being compliant.
-    hold = subprocess.Popen(
-        netns.in_netns(lab.ns("alice"), [lab.python, "-c", HOLD, ALICE_TUNNEL, str(ECHO_PORT)]),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert hold.stdout is not None
-        assert hold.stdout.readline().startswith("connected"), daemon.context()
-        time.sleep(0.5)
-        flipped = time.time()
-        write_inventory(tunnels, alice_compliant=False)
-        broken = hold.stdout.readline().split()
-        assert broken and broken[0] == "broken", daemon.context()
-        latency = float(broken[1]) - flipped
-        print(f"revocation cut the open connection {latency:.2f} s after the inventory changed")
-        assert latency < 10.0, daemon.context()  # a bound for hangs; the figure is in the docs
-    finally:
-        hold.kill()
-        hold.wait()
+    latency = seconds_to_cut(lab, daemon, lambda: write_inventory(tunnels, alice_compliant=False))
+    print(f"revocation cut the open connection {latency:.2f} s after the inventory changed")
+    assert latency < 10.0, daemon.context()  # a bound for hangs; the figure is in the docs
     rows = json.loads(lab.repogate("devices", "--json").stdout)
     assert {r["device"]: r["state"] for r in rows}["C02ALICE"] == "non-compliant", rows
     # The audit trail names the device and owner behind each change.

@@ -14,7 +14,6 @@ the why page telling each device its own verdict.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -36,7 +35,13 @@ from tests.e2e.test_daemon import (
     wait_until,
 )
 from tests.e2e.test_daemon import configure as configure_lab
-from tests.e2e.test_devices import ALICE_TUNNEL, ECHO_PORT, HOLD, MALLORY_TUNNEL, Tunnels
+from tests.e2e.test_devices import (
+    ALICE_TUNNEL,
+    ECHO_PORT,
+    MALLORY_TUNNEL,
+    Tunnels,
+    seconds_to_cut,
+)
 
 pytestmark = pytest.mark.root
 
@@ -185,25 +190,11 @@ def test_intune_decides_who_reaches_bitbucket_and_says_why(
     assert recovered is not None, daemon.context()
 
     # Intune marks alice non-compliant: her open connection is cut within one interval + 1 s.
-    hold = subprocess.Popen(
-        netns.in_netns(lab.ns("alice"), [lab.python, "-c", HOLD, ALICE_TUNNEL, str(ECHO_PORT)]),
-        stdout=subprocess.PIPE,
-        text=True,
+    latency = seconds_to_cut(
+        lab, daemon, lambda: write_state(intune.directory, intune_state(alice="noncompliant"))
     )
-    try:
-        assert hold.stdout is not None
-        assert hold.stdout.readline().startswith("connected"), daemon.context()
-        time.sleep(0.5)
-        flipped = time.time()
-        write_state(intune.directory, intune_state(alice="noncompliant"))
-        broken = hold.stdout.readline().split()
-        assert broken and broken[0] == "broken", daemon.context()
-        latency = float(broken[1]) - flipped
-        print(f"Intune non-compliance cut the open connection after {latency:.2f} s")
-        assert latency <= INTERVAL + 1.0, daemon.context()
-    finally:
-        hold.kill()
-        hold.wait()
+    print(f"Intune non-compliance cut the open connection after {latency:.2f} s")
+    assert latency <= INTERVAL + 1.0, daemon.context()
     rows = {r["device"]: r for r in json.loads(lab.repogate("devices", "--json").stdout)}
     assert rows["SERALICE"]["reason"] == "Intune complianceState = noncompliant", rows
     tokens = [r for r in intune.requests("intune") if r.path.endswith("/token")]

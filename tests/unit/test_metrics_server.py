@@ -33,7 +33,7 @@ def get(url: str, *, auth: str | None = None, context: ssl.SSLContext | None = N
 
 
 def test_plain_http_on_loopback(served: list[MetricsServer]) -> None:
-    server = MetricsServer(MetricsConfig(host="127.0.0.1", port=0), Metrics().registry)
+    server = MetricsServer(MetricsConfig(host="127.0.0.1", port=0), Metrics().wsgi_app())
     served.append(server)
     text = get(f"http://127.0.0.1:{server.port}/metrics")
     assert 'repogate_build_info{version="' in text
@@ -48,7 +48,7 @@ def test_basic_auth_refuses_without_the_password(
     settings = MetricsConfig(
         host="127.0.0.1", port=0, basic_auth_user="prom", basic_auth_password_file=secret
     )
-    server = MetricsServer(settings, Metrics().registry)
+    server = MetricsServer(settings, Metrics().wsgi_app())
     served.append(server)
     url = f"http://127.0.0.1:{server.port}/metrics"
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -69,7 +69,7 @@ def test_tls(served: list[MetricsServer], tmp_path: Path) -> None:
     settings = MetricsConfig(
         host="127.0.0.1", port=0, tls_cert_file=cert_file, tls_key_file=key_file
     )
-    server = MetricsServer(settings, Metrics().registry)
+    server = MetricsServer(settings, Metrics().wsgi_app())
     served.append(server)
     context = ssl.create_default_context()
     ca.configure_trust(context)
@@ -85,7 +85,7 @@ def test_clear_errors(tmp_path: Path) -> None:
                 basic_auth_user="prom",
                 basic_auth_password_file=tmp_path / "missing",
             ),
-            Metrics().registry,
+            Metrics().wsgi_app(),
         )
     with pytest.raises(MetricsError, match="TLS certificate"):
         MetricsServer(
@@ -95,5 +95,5 @@ def test_clear_errors(tmp_path: Path) -> None:
                 tls_cert_file=tmp_path / "nope.pem",
                 tls_key_file=tmp_path / "nope.key",
             ),
-            Metrics().registry,
+            Metrics().wsgi_app(),
         )

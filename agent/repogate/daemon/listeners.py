@@ -21,9 +21,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
 from repogate.config.schema import MetricsConfig
+from repogate.daemon.metrics import Metrics
 from repogate.daemon.metrics_server import MetricsError, MetricsServer
 from repogate.logs import event
 
@@ -109,10 +108,10 @@ class WhyServer:
             server.server_close()
 
 
-def start_metrics(config: MetricsConfig, registry: CollectorRegistry) -> MetricsServer | None:
+def start_metrics(config: MetricsConfig, metrics: Metrics) -> MetricsServer | None:
     """The metrics endpoint, or None (logged) when it cannot listen."""
     try:
-        server = MetricsServer(config, registry)
+        server = MetricsServer(config, metrics.wsgi_app())
     except MetricsError as exc:
         log.error("%s", exc)
         return None

@@ -20,8 +20,9 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from repogate import __version__
@@ -187,6 +188,11 @@ class Metrics:
             self.config_reloads.labels(result=result)
         for outcome in DNS_OUTCOMES:
             self.dns_queries.labels(result=outcome)
+
+    def wsgi_app(self) -> Callable[..., Any]:
+        """The WSGI app serving these metrics (the listener is daemon.metrics_server)."""
+        app: Callable[..., Any] = make_wsgi_app(self.registry)
+        return app
 
     def known_sets(self, names: Iterable[str]) -> None:
         """Create the change counters of every set at 0."""

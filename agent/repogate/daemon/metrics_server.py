@@ -18,8 +18,6 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
-
 from repogate.config.schema import MetricsConfig
 from repogate.errors import RepogateError
 
@@ -45,10 +43,10 @@ class _QuietHandler(WSGIRequestHandler):
 class MetricsServer:
     """Serves /metrics from a background thread until `close()`."""
 
-    def __init__(self, settings: MetricsConfig, registry: CollectorRegistry) -> None:
+    def __init__(self, settings: MetricsConfig, app: Callable[..., Any]) -> None:
+        """`app`: the WSGI app serving the metrics (Metrics.wsgi_app)."""
         if settings.host is None:
             raise MetricsError('metrics are turned off (metrics.listen = "")')
-        app: Callable[..., Any] = make_wsgi_app(registry)
         if settings.basic_auth_user and settings.basic_auth_password_file:
             app = _basic_auth(app, settings.basic_auth_user, settings.basic_auth_password_file)
         server_class = _Server6 if ":" in settings.host else _Server

@@ -1,4 +1,5 @@
-"""The only module that uses pyroute2: egress interfaces, their addresses, link events.
+"""The host's network as the daemon watches it: egress interfaces, their addresses,
+routes, link events (through repogate.rtnl, the one module that imports pyroute2).
 
 pyroute2 0.9 runs its sockets on an asyncio loop owned by the thread that made
 them, so the watcher creates its socket inside its own thread; 0.7 (Debian
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from repogate import rtnl
 from repogate.config import Config
 from repogate.egress import EgressReport, egress_report, sample_destinations
 from repogate.model import DesiredState
@@ -37,9 +39,7 @@ class LinkEvent:
 
 
 def _iproute() -> Any:
-    from pyroute2 import IPRoute  # noqa: PLC0415 - keep start-up fast for the CLI
-
-    return IPRoute()
+    return rtnl.iproute()
 
 
 def default_route_interfaces() -> list[str]:
@@ -135,14 +135,8 @@ class LinkWatcher:
 
     def _run(self) -> None:
         try:
-            from pyroute2.netlink.rtnl import (  # noqa: PLC0415
-                RTMGRP_IPV4_IFADDR,
-                RTMGRP_IPV6_IFADDR,
-                RTMGRP_LINK,
-            )
-
             ipr = _iproute()
-            ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+            ipr.bind(groups=rtnl.link_and_address_groups())
             for link in ipr.get_links():
                 self._states[link["index"]] = (link.get_attr("IFLA_IFNAME"), _is_up(link))
         except Exception as exc:  # any failure just disables the watcher

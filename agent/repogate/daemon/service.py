@@ -178,7 +178,7 @@ class Daemon:
         self._metrics_started_with: object = config.metrics
         if config.metrics.host is None:
             return True
-        self._metrics_server = start_metrics(config.metrics, self.metrics.registry)
+        self._metrics_server = start_metrics(config.metrics, self.metrics)
         return self._metrics_server is not None
 
     def _main_loop(self) -> None:

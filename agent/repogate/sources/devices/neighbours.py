@@ -34,6 +34,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from repogate import rtnl
 from repogate.addresses import Rejected, canonical_address, element_order
 from repogate.errors import SourceError
 from repogate.sources.devices import Sighting
@@ -200,9 +201,7 @@ def message_fields(message: Any) -> NeighbourMessage:
 
 
 def _iproute() -> Any:
-    from pyroute2 import IPRoute  # noqa: PLC0415 - keep start-up fast for the CLI
-
-    return IPRoute()
+    return rtnl.iproute()
 
 
 def _dump(
@@ -283,8 +282,7 @@ class NeighbourWatcher:
 
     def _run(self) -> None:
         try:
-            from pyroute2.netlink.rtnl.marshal import MarshalRtnl  # noqa: PLC0415
-
+            parser = rtnl.rtnl_parser()
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         except Exception as exc:  # any failure just disables the watcher
             self.failed = str(exc)
@@ -303,7 +301,7 @@ class NeighbourWatcher:
                 self._ready.set()
                 return
             self._ready.set()
-            self._loop(sock, MarshalRtnl())
+            self._loop(sock, parser)
 
     def _loop(self, sock: socket.socket, marshal: Any) -> None:
         while not self._stop.is_set():

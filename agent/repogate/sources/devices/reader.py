@@ -20,10 +20,11 @@ from repogate.config.schema import Inventory
 from repogate.errors import SourceError
 from repogate.sources.devices import DeviceRecord, IdentityKind
 from repogate.sources.devices.enrolment import Enrolment, enrol, read_enrolments
-from repogate.sources.devices.inventory import ParsedInventory, parse_inventory
+from repogate.sources.devices.inventory import ParsedInventory, parse_inventory, qualifies
 from repogate.sources.devices.join import index
 
 log = logging.getLogger("repogate")
+COUNT_TICK = 10.0  # seconds a qualifying count is reused
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,28 @@ class InventoryReader:
         self._client: object | None = None  # the MDM session (its token), kept across reads
         self.failure: str | None = None
         self.stale_since: float | None = None  # when the failure began
+        self._counted: tuple[object, int, int] | None = None  # (records, tick, count)
 
     @property
     def last(self) -> Records | None:
         """The records as last read (what `repogate devices` lists as absent)."""
         return self._last
+
+    def qualifying(self, now: float) -> int:
+        """How many records qualify now (for status and metrics). Worded reasons cost
+        about 1.5 us a record, so the count is kept for COUNT_TICK seconds per read
+        instead of redone at every reconcile; ages move far slower than that."""
+        last = self._last
+        if last is None:
+            return 0
+        tick = int(now // COUNT_TICK)
+        counted = self._counted
+        if counted is not None and counted[0] is last and counted[1] == tick:
+            return counted[2]
+        max_age = self.inventory.max_age
+        count = sum(1 for r in last.records if qualifies(r, now=now, max_age=max_age)[0])
+        self._counted = (last, tick, count)
+        return count
 
     @property
     def remote(self) -> bool:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repogate import rtnl
 from repogate.addresses import InvalidEntryError, Rejected, element_order, parse_entry
 from repogate.errors import SourceError
 from repogate.sources.devices import Sighting
@@ -224,11 +225,9 @@ def read_kernel(interface: str) -> list[WireguardPeer]:
     """Dump the kernel's peers of `interface` through pyroute2 (needs CAP_NET_ADMIN, like
     `wg show`). Imported here: only hosts with kernel WireGuard pay for pyroute2's import."""
     try:
-        from pyroute2 import WireGuard  # noqa: PLC0415 - only hosts with kernel WireGuard
+        wg = rtnl.wireguard()
     except ImportError as exc:
         raise SourceError("pyroute2 has no WireGuard support") from exc
-    try:
-        wg = WireGuard()
     except Exception as exc:  # pyroute2: NetlinkError, OSError, and worse
         raise SourceError(f"the kernel has no WireGuard netlink family ({exc})") from exc
     try:

@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := nftables python3-nftables python3-venv iproute2 procps util-linux \
 	python3-apscheduler python3-pyroute2 python3-dnspython python3-prometheus-client \
 	python3-pytest python3-trustme systemd \
-	dnsmasq-base bind9-dnsutils prometheus \
+	dnsmasq-base bind9 bind9-dnsutils prometheus \
 	wireguard-go wireguard-tools openvpn busybox \
 	openssh-server openssh-client git nginx fcgiwrap man-db \
 	debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools dpkg-dev \
@@ -17,7 +17,8 @@ APT_PACKAGES := nftables python3-nftables python3-venv iproute2 procps util-linu
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PIP := $(VENV)/.pip-stamp
 
-.PHONY: all deps venv test test-debian lint typecheck unit demo bench deb test-package proof clean
+.PHONY: all deps venv test test-debian lint typecheck unit demo bench deb test-package proof \
+	soak bench-datapath bench-peers clean
 
 all: test
 
@@ -30,6 +31,7 @@ $(STAMP_APT):
 	      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && guard=1; fi; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	    status=$$?; [ -n "$$guard" ] && rm -f /usr/sbin/policy-rc.d; [ $$status = 0 ] || exit $$status; \
+	    case "$$missing" in *" bind9 "*|*" bind9") systemctl disable named >/dev/null 2>&1 || true;; esac; \
 	  fi; \
 	else echo "not root: skipping apt packages ($(APT_PACKAGES))"; fi
 	@mkdir -p $(VENV) && touch $@

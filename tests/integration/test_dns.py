@@ -177,6 +177,36 @@ def test_cname_loop_is_a_loop_at_its_name(scripted: Callable[..., ScriptedServer
     )
 
 
+def test_cname_loop_answered_servfail_is_still_a_loop(
+    scripted: Callable[..., ScriptedServer],
+) -> None:
+    """BIND answers a loop in its zone with SERVFAIL and the looping records (seen in the
+    DNS fault suite): still a loop, not a server failure that keeps the old addresses."""
+
+    def handler(query: dns.message.Message, _tcp: bool) -> list[bytes]:
+        name, _rdtype = question(query)
+        if name == "plain.example":  # a chain that does not loop: a plain SERVFAIL
+            alias = ("plain.example.", 30, "CNAME", "x.example.")
+            return [reply(query, alias, rcode=dns.rcode.SERVFAIL)]
+        return [
+            reply(
+                query,
+                ("a.example.", 30, "CNAME", "b.example."),
+                ("b.example.", 30, "CNAME", "a.example."),
+                rcode=dns.rcode.SERVFAIL,
+            )
+        ]
+
+    server = scripted(handler)
+    resolver = Resolver(["127.0.0.1"], port=server.port, timeout=1)
+    answers = resolver.resolve_many(["a.example", "plain.example"])
+    assert answers["a.example"].outcome == "loop"
+    assert answers["a.example"].detail == (
+        "CNAME loop at a.example: a.example -> b.example -> a.example"
+    )
+    assert answers["plain.example"].outcome == "servfail"
+
+
 def test_forged_and_mismatched_answers_are_ignored(
     scripted: Callable[..., ScriptedServer],
 ) -> None:

@@ -306,7 +306,20 @@ def test_per_name_cap_rejects_the_rest(dns: FakeResolver, clock: Clock) -> None:
     assert result.rejected_count == 4
     assert {r.text for r in result.rejected_sample} == {f"10.0.0.{i}" for i in range(9, 13)}
     assert all(r.where == "wild.example" for r in result.rejected_sample)
-    assert "max_addresses = 8" in str(result.rejected_sample[0])
+    assert "has 12 IPv4 addresses, more than max_addresses = 8" in str(result.rejected_sample[0])
+
+
+def test_the_cap_is_per_family_so_many_a_records_keep_the_aaaa(
+    dns: FakeResolver, clock: Clock
+) -> None:
+    dns.ok("dual.example", *[f"10.0.0.{i}" for i in range(1, 11)], "2001:db8::2", "2001:db8::1")
+    source = client_source(dns, clock, "dual.example", max_addresses=8)
+    result = source.fetch()
+    assert addresses(result) == {f"10.0.0.{i}" for i in range(1, 9)} | {
+        "2001:db8::1",
+        "2001:db8::2",
+    }
+    assert result.rejected_count == 2
 
 
 def test_refresh_in_is_the_earliest_expiry(dns: FakeResolver, clock: Clock) -> None:

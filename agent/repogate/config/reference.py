@@ -163,7 +163,8 @@ KEYS: tuple[Key, ...] = (
             "`static` (`addresses`), `file` (`path`, `format`, `json_path`, `interval`), "
             '`http` (`url`, `format`, `json_path`, `interval` (`"5m"`), `token_file`, '
             "`ca_file`, `timeout`, `max_bytes`, `allow_insecure`), `dns` (`names`, "
-            '`min_refresh` (`"30s"`), `max_refresh` (`"1h"`), `max_addresses` (8)), or a '
+            '`min_refresh` (`"30s"`), `max_refresh` (`"1h"`), '
+            "`max_addresses` (8, per name and family)), or a "
             'device group: `wireguard` (`interface`, `max_handshake_age` (`"3m"`)), `openvpn`'
             " (`status_file`, `interface`, `management`: its unix socket, so a client that "
             "stops qualifying is disconnected at once), `dhcp` (`leases`, `format` "

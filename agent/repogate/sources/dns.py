@@ -180,8 +180,9 @@ class DnsSource:
     """A client group of DNS names (`type = "dns"`); see the module docstring for the rules.
 
     `max_stale` is the group's (`Config.max_stale(group)`): how long after a name's last
-    answer a failing name keeps its addresses. Per name, at most `group.max_addresses`
-    addresses are used (the lowest, so the choice is stable); the rest are rejected.
+    answer a failing name keeps its addresses. Per name and family, at most
+    `group.max_addresses` addresses are used (the lowest, so the choice is stable; per
+    family, so a name with many A records keeps its AAAA); the rest are rejected.
     """
 
     def __init__(
@@ -214,13 +215,20 @@ class DnsSource:
         rejected_count, rejected = self._cache.rejected()
         for name in self._cache.names:
             addresses = self._cache.state[name].current()
-            for address in addresses[:cap]:
-                (v6 if ":" in address else v4).add(address)
-            extra = addresses[cap:]
-            rejected_count += len(extra)
-            reason = f"{name} has {len(addresses)} addresses, more than max_addresses = {cap}"
-            for address in extra[: max(0, REJECTED_SAMPLE - len(rejected))]:
-                rejected.append(Rejected(name, address, f"{address}: {reason}"))
+            by_family = (
+                ("4", v4, [a for a in addresses if ":" not in a]),
+                ("6", v6, [a for a in addresses if ":" in a]),
+            )
+            for version, family, found in by_family:
+                family.update(found[:cap])
+                extra = found[cap:]
+                rejected_count += len(extra)
+                reason = (
+                    f"{name} has {len(found)} IPv{version} addresses, "
+                    f"more than max_addresses = {cap}"
+                )
+                for address in extra[: max(0, REJECTED_SAMPLE - len(rejected))]:
+                    rejected.append(Rejected(name, address, f"{address}: {reason}"))
         entries = NormalisedEntries(frozenset(v4), frozenset(v6), frozenset(), frozenset())
         return SourceResult(
             entries=entries,

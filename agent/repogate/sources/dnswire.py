@@ -45,8 +45,9 @@ _IN = int(dns.rdataclass.IN)
 _TC = int(dns.flags.TC) >> 8  # in the header's third byte
 _NOERROR = int(dns.rcode.NOERROR)
 _NXDOMAIN = int(dns.rcode.NXDOMAIN)
+_SERVFAIL = int(dns.rcode.SERVFAIL)
 _RCODES: dict[int, Outcome] = {
-    int(dns.rcode.SERVFAIL): "servfail",
+    _SERVFAIL: "servfail",
     int(dns.rcode.REFUSED): "refused",
 }
 
@@ -135,6 +136,9 @@ def judge(wire: bytes, chain: Chain, rdtype: int, server: str) -> Verdict:
     asked = f"{chain.qname.to_text(omit_final_dot=True)} {kind}"
     rcode = wire[3] & 0x0F
     if rcode in _RCODES:
+        loop = _servfail_loop(wire, chain, rdtype) if rcode == _SERVFAIL else ""
+        if loop:
+            return Verdict(Lookup("loop", (), _known(chain.ttl), loop))
         return Verdict(
             retry=_RCODES[rcode], detail=f"{_RCODES[rcode].upper()} from {server} for {asked}"
         )
@@ -149,6 +153,28 @@ def judge(wire: bytes, chain: Chain, rdtype: int, server: str) -> Verdict:
         text = dns.rcode.to_text(dns.rcode.Rcode(rcode)) if rcode < 16 else str(rcode)
         return Verdict(retry="error", detail=f"{text} from {server} for {asked}")
     return _judge_records(message, rcode, chain, rdtype, server)
+
+
+def _servfail_loop(wire: bytes, chain: Chain, rdtype: int) -> str:
+    """What to tell the admin if a SERVFAIL carries a looping CNAME chain, else "".
+
+    BIND answers a CNAME loop in its own zone with SERVFAIL and the looping records
+    ("query iterations limit reached"). The loop, not the server, is what is broken, so
+    it is a definite failure of the name like a loop answered NOERROR; read as SERVFAIL
+    it would keep the name's old addresses until max_stale and never be reported.
+    `chain` changes only if the answer does loop (a retry must start from it unchanged).
+    """
+    if wire[6:8] == b"\0\0":
+        return ""
+    try:
+        message = dns.message.from_wire(wire)
+    except Exception:  # a malformed SERVFAIL is still a SERVFAIL
+        return ""
+    walked = Chain(chain.name, chain.qname, list(chain.seen), chain.ttl)
+    _records, loop = _follow(message, walked, rdtype)
+    if loop:
+        chain.seen[:], chain.ttl = walked.seen, walked.ttl
+    return loop
 
 
 def _judge_records(

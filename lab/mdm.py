@@ -30,6 +30,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
@@ -72,6 +73,9 @@ class MdmRequest:
     authorization: bool  # whether an Authorization header was sent, not what it said
     status: int | None  # None: reset unanswered
     fault: str | None  # the id of the fault that answered (or truncated) it
+    # CLOCK_MONOTONIC when it was answered: shared by every namespace, so a test lines
+    # requests up with its own timeline (a Retry-After honoured); 0.0 in older logs.
+    mono: float = 0.0
 
 
 class _Urls:
@@ -198,7 +202,9 @@ class _Handler(BaseHTTPRequestHandler):
         auth = "Authorization" in self.headers
 
         def seen(status: int | None, fault: str | None = None) -> MdmRequest:
-            return MdmRequest(self.command, target.path, redacted, vendor, auth, status, fault)
+            return MdmRequest(
+                self.command, target.path, redacted, vendor, auth, status, fault, time.monotonic()
+            )
 
         if vendor is None:
             self._send(seen(404), vendors.Answer(404, {"error": "no vendor at this path"}))

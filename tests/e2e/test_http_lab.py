@@ -3,6 +3,8 @@ in the gateway following it, and keeping its last known good list when it fails.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,74 +27,35 @@ from tests.e2e.test_daemon import (
 )
 
 SERVER_ADDRESS, PORT = "203.0.113.10", 8443
-
-# A tiny HTTPS file server: serves DIR's files with an ETag (304 on If-None-Match), or
-# the status code written in DIR/status when that file exists.
-SERVER = r"""
-import hashlib, http.server, os, ssl, sys
-cert, key, root, address, port = sys.argv[1:6]
-class Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-    def do_GET(self):
-        status_file = os.path.join(root, "status")
-        if os.path.exists(status_file):
-            self.send_error(int(open(status_file).read()))
-            return
-        path = os.path.join(root, self.path.lstrip("/"))
-        try:
-            body = open(path, "rb").read()
-        except OSError:
-            self.send_error(404)
-            return
-        etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
-        if self.headers.get("If-None-Match") == etag:
-            self.send_response(304)
-            self.send_header("ETag", etag)
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("ETag", etag)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-server = http.server.ThreadingHTTPServer((address, int(port)), Handler)
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-context.load_cert_chain(cert, key)
-server.socket = context.wrap_socket(server.socket, server_side=True)
-print("ready", flush=True)
-server.serve_forever()
-"""
+PLAIN_PORT = 8080  # plain HTTP from <files>/plain: where a refused redirect would lead
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def https_server(daemon_lab: Lab) -> Iterator[Path]:
-    """Serve the lab's workdir/https over TLS from `other`; yield (files dir) and the CA."""
-    trustme = pytest.importorskip("trustme")
+    """Serve the lab's workdir/https over TLS from `other` (lab.listserver: files there
+    script its faults); yield that directory, which holds the CA to trust as ca.pem."""
+    pytest.importorskip("trustme")
+    from lab.listserver import write_certificates  # needs trustme
+
     root = daemon_lab.workdir / "https"
     root.mkdir(exist_ok=True)
-    ca = trustme.CA()
-    cert = ca.issue_cert(SERVER_ADDRESS)
-    cert.cert_chain_pems[0].write_to_path(str(root / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(root / "key.pem"))
-    ca.cert_pem.write_to_path(str(root / "ca.pem"))
+    write_certificates(root, SERVER_ADDRESS)
     argv = [
         *daemon_lab.python_argv("other"),
-        "-c",
-        SERVER,
-        str(root / "cert.pem"),
-        str(root / "key.pem"),
-        str(root),
-        SERVER_ADDRESS,
-        str(PORT),
+        *("-m", "lab.listserver", "--dir", str(root), "--address", SERVER_ADDRESS),
+        *("--port", str(PORT), "--plain-port", str(PLAIN_PORT)),
     ]
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    paths = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert process.stdout is not None and process.stdout.readline().strip() == "ready"
         yield root
     finally:
         process.kill()
         process.wait(timeout=5)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_an_https_list_is_followed_and_survives_its_server_failing(

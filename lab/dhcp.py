@@ -3,8 +3,8 @@
 Tests of the lease-file address map want leases written by the server that admins
 run, not fixtures typed by hand. dnsmasq runs with no config file, no DNS
 (`--port=0`) and only the given interface, so it touches nothing outside its
-namespace; udhcpc runs once (`-q`) with a tiny script that puts the address on the
-interface, the way a laptop would.
+namespace; udhcpc runs once (`-q`), or stays to renew (`keep_lease`), with a tiny script
+that puts the address on the interface, the way a laptop would.
 """
 
 from __future__ import annotations
@@ -20,9 +20,13 @@ from lab.netns import in_netns, run
 
 UDHCPC_SCRIPT = """#!/bin/sh
 # udhcpc calls this with deconfig, bound or renew; $ip and $mask (a prefix length) are set.
+# A renewal that keeps the address keeps it on the interface, as a laptop's client does.
 case "$1" in
     deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
-    bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface" ;;
+    bound) ip addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface" ;;
+    renew)
+        ip -4 -o addr show dev "$interface" | grep -q " $ip/" || ip addr flush dev "$interface"
+        ip addr replace "$ip/$mask" dev "$interface" ;;
 esac
 exit 0
 """
@@ -112,22 +116,67 @@ def request_lease(
     `-n` makes udhcpc give up instead of retrying forever, so a broken server fails the
     test with udhcpc's own output rather than a hang.
     """
-    script = workdir / "udhcpc.sh"
-    script.write_text(UDHCPC_SCRIPT)
-    script.chmod(0o755)
     argv = ["busybox", "udhcpc", "-i", interface, "-f", "-q", "-n", "-t", "5", "-T", "1"]
-    argv += ["-s", str(script)]
+    argv += ["-s", str(_script(workdir))]
     if hostname:
         argv += ["-x", f"hostname:{hostname}"]
     proc = run(in_netns(netns, argv), check=False, timeout=timeout)
     if proc.returncode != 0:
         raise LabError(f"udhcpc got no lease on {interface}:\n{proc.stdout}{proc.stderr}")
+    address = _address(netns, interface)
+    if address is None:
+        raise LabError(f"udhcpc reported a lease but {interface} has no address:\n{proc.stdout}")
+    return address
+
+
+@dataclass
+class DhcpClient:
+    """`busybox udhcpc` left running, as on a laptop: it renews at half the lease time."""
+
+    process: subprocess.Popen[bytes]
+    address: str
+    log: Path
+
+    def stop(self) -> None:
+        """Terminate it without a release (no `-R`): the lease runs out on the server."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=5)
+
+
+def keep_lease(netns: str, interface: str, workdir: Path, *, timeout: float = 30.0) -> DhcpClient:
+    """Start udhcpc in the foreground on the interface and wait for its first address."""
+    log = workdir / f"udhcpc-{interface}.log"
+    argv = ["busybox", "udhcpc", "-i", interface, "-f", "-t", "5", "-T", "1"]
+    argv += ["-s", str(_script(workdir))]
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            in_netns(netns, argv), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        address = _address(netns, interface)
+        if address is not None:
+            return DhcpClient(process, address, log)
+        time.sleep(0.05)
+    DhcpClient(process, "", log).stop()
+    raise LabError(f"udhcpc got no lease on {interface}:\n{log.read_text(errors='replace')}")
+
+
+def _script(workdir: Path) -> Path:
+    script = workdir / "udhcpc.sh"
+    script.write_text(UDHCPC_SCRIPT)
+    script.chmod(0o755)
+    return script
+
+
+def _address(netns: str, interface: str) -> str | None:
     shown = run(in_netns(netns, ["ip", "-4", "-o", "addr", "show", "dev", interface])).stdout
     for line in shown.splitlines():
         words = line.split()
         if "inet" in words:
             return words[words.index("inet") + 1].partition("/")[0]
-    raise LabError(f"udhcpc reported a lease but {interface} has no address:\n{proc.stdout}")
+    return None
 
 
 def interface_mac(netns: str, interface: str) -> str:

@@ -63,4 +63,10 @@ class NotOwnedTableError(RepogateError):
 
 
 class SourceError(RepogateError):
-    """A source failed as a whole (unreadable, unparsable, too large)."""
+    """A source failed as a whole (unreadable, unparsable, too large).
+
+    `wait`: seconds the remote asked us not to ask again for (an HTTP 429's
+    Retry-After), counted from when the failure was raised; 0 when it did not say.
+    """
+
+    wait: float = 0.0

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.loop import Attempt
+
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(os.environ.get("REPOGATE_FAULT_RESULTS", REPO / "build" / "faults.jsonl"))
 FAST_RESET = 0.5
@@ -52,15 +54,29 @@ class FaultRun:
     """Loops started before the fault; `inject` and `clear` mark the timeline."""
 
     def __init__(
-        self, name: str, category: str, start_loop: Callable[..., Any], window: float = 0.0
+        self,
+        name: str,
+        category: str,
+        start_loop: Callable[..., Any],
+        window: float = 0.0,
+        *,
+        clients: tuple[str, str] = ("alice", "mallory"),
     ) -> None:
+        """`clients`: the approved and the unapproved loop's client, as `start_loop` knows
+        them (a device's own namespace or tunnel address for the device faults)."""
         self.result = FaultResult(name, category, window=window)
-        self.alice = start_loop("alice", TARGETS, interval=0.05)
-        self.mallory = start_loop("mallory", TARGETS, interval=0.05)
+        self.alice = start_loop(clients[0], TARGETS, interval=0.05)
+        self.mallory = start_loop(clients[1], TARGETS, interval=0.05)
         self.alice.wait_running()
         self.mallory.wait_running()
         self.injected: float | None = None
         self.cleared: float | None = None
+        # What makes an attempt wrong. A fault that takes access away on purpose (a lease
+        # expiring) replaces these with its documented expectation and bound.
+        self.approved_wrong: Callable[[Attempt], bool] = lambda a: not a.connected
+        self.unapproved_wrong: Callable[[Attempt], bool] = lambda a: (
+            a.result != "refused" or a.elapsed >= FAST_RESET
+        )
 
     def inject(self) -> None:
         self.injected = time.monotonic()
@@ -72,8 +88,8 @@ class FaultRun:
         """Stop the loops, judge every attempt, stop the daemon (`check` records)."""
         time.sleep(settle)
         alice, mallory = self.alice.stop(), self.mallory.stop()
-        wrong = [a for a in alice if not a.connected]
-        wrong += [a for a in mallory if a.result != "refused" or a.elapsed >= FAST_RESET]
+        wrong = [a for a in alice if self.approved_wrong(a)]
+        wrong += [a for a in mallory if self.unapproved_wrong(a)]
         result = self.result
         result.attempts = len(alice) + len(mallory)
         result.wrong = len(wrong)

@@ -97,6 +97,26 @@ def test_an_unreadable_inventory_keeps_its_last_records_until_max_stale(tmp_path
     assert source.inventory is not None and source.inventory.failure is not None
 
 
+def test_an_inventory_past_max_stale_refuses_every_device_rather_than_failing(
+    tmp_path: Path,
+) -> None:
+    """Not a failed group read: that would keep the group's own last known good entries
+    (for another max_stale) while `status` says every device is refused."""
+    recent = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    config, devices = config_with(tmp_path, CSV.format(recent=recent))
+    group = config.group("ovpn")
+    assert isinstance(group, DeviceClients)
+    inventory = InventoryReader(config.inventories["it"], max_stale=0.0)  # expires at once
+    seen = Seen(ovpn("alice-laptop", "10.8.0.2"))
+    source = DeviceSource(group, inventory, read_map=lambda _group, _now: seen)
+    assert source.fetch().entries.addresses_v4 == {"10.8.0.2"}
+    devices.unlink()
+    result = source.fetch()
+    assert result.entries.addresses_v4 == frozenset()
+    (refused,) = result.rejected_sample
+    assert "device C02ALICE" in refused.reason and "past max_stale" in refused.reason
+
+
 def test_device_groups_are_checked_with_key_paths(tmp_path: Path) -> None:
     document = base_dict()
     document["clients"].append({"name": "vpn2", "type": "wireguard", "inventory": "itt"})

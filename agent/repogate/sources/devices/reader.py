@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,15 @@ class Records:
     records: tuple[DeviceRecord, ...]
     rejected: tuple[Rejected, ...]
     read_at: float
+
+
+class InventoryExpiredError(SourceError):
+    """Failing past max_stale: its groups refuse every device (fail closed). Not a failed
+    read of the group, which would keep the group's own last known good entries."""
+
+    def __init__(self, message: str, records: Records) -> None:
+        super().__init__(message)
+        self.records = records  # still naming the devices it refuses
 
 
 class InventoryReader:
@@ -95,10 +105,16 @@ class InventoryReader:
             if self._source is not None and (self._last is None or enrolled != self._enrolled):
                 self._join(enrolled, now)
             last = self._last
-            if last is None or (self.failure is not None and now - last.read_at >= self.max_stale):
-                where = f"inventory {self.inventory.name}: {self.failure or 'never read'}"
-                past = "; its last good records are past max_stale" if last is not None else ""
-                raise SourceError(where + past)
+            if last is None:
+                raise SourceError(
+                    f"inventory {self.inventory.name}: {self.failure or 'never read'}"
+                )
+            if self.failure is not None and now - last.read_at >= self.max_stale:
+                raise InventoryExpiredError(
+                    f"inventory {self.inventory.name}: {self.failure}; "
+                    "its last good records are past max_stale",
+                    last,
+                )
             return last
 
     def due_in(self, now: float) -> float | None:
@@ -120,11 +136,14 @@ class InventoryReader:
 
     def _read_source(self, now: float) -> None:
         signature = self.signature()
+        started = time.monotonic()
         try:
             parsed = self._fetch()
         except SourceError as exc:
-            wait = float(getattr(exc, "wait", 0.0))
-            self._retry_at = now + max(wait, self.inventory.interval if self.remote else 0.0)
+            # A vendor's wait counts from its answer, which a long paged read may have
+            # reached well after `now`.
+            waited = time.monotonic() - started + exc.wait
+            self._retry_at = now + max(waited, self.inventory.interval if self.remote else 0.0)
             if self.failure is None:
                 self.stale_since = now
                 kept = " (keeping its last good records)" if self._last is not None else ""

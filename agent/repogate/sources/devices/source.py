@@ -8,7 +8,9 @@ last known good until max_stale, a shrink past max_shrink is held back.
 
 The inventory is read when it changed and shared by every group that names it;
 an inventory that cannot be read keeps its last good records for the agent's
-max_stale, then refuses everyone (fail closed).
+max_stale, then refuses everyone (fail closed): that is a successful read of the
+group that admits nobody, not a failed one, which would keep the group's own last
+known good entries for another max_stale.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from repogate.errors import SourceError
 from repogate.sources import SourceResult
 from repogate.sources.devices import DeviceRecord, Sighting
 from repogate.sources.devices.inventory import qualifies
-from repogate.sources.devices.join import Verdict, admitted_addresses, join
-from repogate.sources.devices.reader import InventoryReader
+from repogate.sources.devices.join import Qualifies, Verdict, admitted_addresses, join
+from repogate.sources.devices.reader import InventoryExpiredError, InventoryReader
 
 SAMPLE = 20
 MIN_REFRESH = 0.05  # seconds; an inventory due now is read at the next job, not in a loop
@@ -74,12 +76,15 @@ class DeviceSource:
         seen = self.read_map(self.group, now)
         by_identity = None
         rejected: list[Rejected] = list(seen.rejected)
+        max_age = self.inventory.inventory.max_age if self.inventory is not None else None
+        judge: Qualifies = functools.partial(_qualifies, max_age=max_age)
         if self.inventory is not None:
-            records = self.inventory.current(now)
+            try:
+                records = self.inventory.current(now)
+            except InventoryExpiredError as exc:
+                records, judge = exc.records, _refuse_all(str(exc))
             by_identity = records.by_identity
             rejected += records.rejected
-        max_age = self.inventory.inventory.max_age if self.inventory is not None else None
-        judge = functools.partial(_qualifies, max_age=max_age)
         self.verdicts = join(seen.sightings, by_identity, judge, now)
         self._disconnect_revoked(seen)
         rejected += [_refusal(v) for v in self.verdicts if not v.admitted]
@@ -146,6 +151,15 @@ class DeviceSource:
 
 def _qualifies(record: DeviceRecord, now: float, *, max_age: float | None) -> tuple[bool, str]:
     return qualifies(record, now=now, max_age=max_age)
+
+
+def _refuse_all(reason: str) -> Qualifies:
+    """The judge once the inventory expired: every record refused, with that reason."""
+
+    def judge(_record: DeviceRecord, _now: float) -> tuple[bool, str]:
+        return False, reason
+
+    return judge
 
 
 def _refusal(verdict: Verdict) -> Rejected:

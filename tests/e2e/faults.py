@@ -25,9 +25,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lab.loop import Attempt
+if TYPE_CHECKING:  # run as a script (the table), the lab is not importable
+    from lab.loop import Attempt
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(os.environ.get("REPOGATE_FAULT_RESULTS", REPO / "build" / "faults.jsonl"))

@@ -278,18 +278,22 @@ def test_a_wireguard_interface_deleted_and_recreated_readmits_alice_after_her_ha
 
 # -- OpenVPN --------------------------------------------------------------------------------
 
-STATUS_INTERVAL = 1.0  # the lab server's `status FILE 1`
-REUSE_WINDOW = STATUS_INTERVAL + 2 * MAP_INTERVAL + 1.0
+# The old tun0 going away makes the daemon read the group again at once, and status rows
+# written before then admit no one: the new holder of an old address never gets in (the
+# test asserts it). Alice's new address is admitted once the restarted server lists it:
+# within its status interval (1 s) plus a map read, plus 1 s.
+NEW_ADDRESS_WINDOW = 1.0 + MAP_INTERVAL + 1.0
 
 
 def test_an_openvpn_server_restart_hands_alices_address_to_mallory(
     daemon_lab: Lab, start_daemon: StartDaemon, device_loops: DeviceLoops, tmp_path: Path
 ) -> None:
     """The server restarts; mallory reconnects first and gets alice's old pool address,
-    alice gets mallory's. Each address follows its new holder once the daemon has read
-    the restarted server's status file: within the status interval (1 s) plus a map
-    read, plus one more while the shrink to nobody is held back (max_shrink), plus 1 s.
-    Until then mallory may be let in at alice's old address: counted, inside that window."""
+    alice gets mallory's. The old tun0 going away (a link event) makes the daemon read
+    the group at once, and rows the server wrote before then admit no one, so mallory is
+    never let in at alice's old address; each address follows its new holder once the
+    daemon has read the restarted server's status file (alice, refused at her new
+    address until then: counted, inside that window)."""
     lab = daemon_lab
     pki = make_pki(tmp_path / "pki", ["alice-laptop", "mallory-laptop"])
     server_address = lab.spec.link("alice").gw_v4
@@ -345,7 +349,7 @@ def test_an_openvpn_server_restart_hands_alices_address_to_mallory(
             "OpenVPN server restart handing alice's address to mallory",
             "devices",
             device_loops,
-            window=REUSE_WINDOW,
+            window=NEW_ADDRESS_WINDOW,
         )
         through_a_tunnel(run)
         run.inject()
@@ -380,10 +384,12 @@ def test_an_openvpn_server_restart_hands_alices_address_to_mallory(
         )
         result.notes.append(
             f"mallory, handed alice's old {mallory_now}, was let in {len(admitted)} times, "
-            f"{exposure} (window {REUSE_WINDOW:g} s); then `explain {mallory_now}` named "
+            f"{exposure}; alice's new address admitted within {NEW_ADDRESS_WINDOW:g} s; "
+            f"then `explain {mallory_now}` named "
             f"C02MALLORY, non-compliant, and `devices` C02ALICE admitted at {alice_now}"
         )
         run.check(result, f"{explained}\n{daemon.context()}")
+        assert not admitted, f"mallory got in at alice's old address: {result.notes}"
     finally:
         for process in [*clients, server]:
             process.stop()
@@ -563,10 +569,10 @@ def test_a_dhcp_lease_running_out_refuses_its_device_and_a_renewed_one_stays_in(
 # -- MDM ------------------------------------------------------------------------------------
 
 MDM_INTERVAL, MDM_TIMEOUT, MAX_STALE = 1.0, 1.0, 4.0
-# Past max_stale, three group reads, each up to a map interval plus an MDM timeout: the
-# one begun just before (it judges by its start time), the first after (it proposes the
-# shrink to nobody, held back), the next (it agrees, and the shrink applies).
-EXPIRY_BOUND = 3 * (MAP_INTERVAL + MDM_TIMEOUT) + 1.0
+# Past max_stale, two group reads, each up to a map interval plus an MDM timeout: the
+# one begun just before (it judges by its start time), and the first after (a device
+# group's shrink is never held back).
+EXPIRY_BOUND = 2 * (MAP_INTERVAL + MDM_TIMEOUT) + 1.0
 RECOVERY_BOUND = MDM_INTERVAL + MDM_TIMEOUT + MAP_INTERVAL + 1.0
 BLACKHOLE = "rgtest_mdm_blackhole"
 
@@ -588,7 +594,7 @@ def test_the_mdm_unreachable_past_max_stale_refuses_every_device(
     """Intune's port is black-holed (every connection times out). Its last good records
     keep deciding until max_stale after the last good read (status FAILING,
     repogate_inventory_up 0); past it every device is refused (fail closed) within
-    3 x (map interval + MDM timeout) + 1 s, and status says EXPIRED. Reachable again,
+    2 x (map interval + MDM timeout) + 1 s, and status says EXPIRED. Reachable again,
     alice is back within the inventory interval + timeout + map interval + 1 s."""
     lab = daemon_lab
     secret = lab.workdir / "intune.secret"

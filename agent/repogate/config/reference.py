@@ -226,7 +226,8 @@ KEYS: tuple[Key, ...] = (
     Key(
         "`clients[].max_stale`, `clients[].max_shrink`",
         "the agent's",
-        "per group overrides",
+        "per group overrides; device groups' shrinks are never held back unless they "
+        "set `max_shrink` (a device that stops qualifying loses access at once)",
     ),
     Key(
         "`clients[].interfaces`",

@@ -43,6 +43,7 @@ class AgentConfig:
 # Prometheus's default port allocations have filled 9100-9999 (since 2023); this
 # port is outside that list.
 DEFAULT_METRICS_PORT = 10419
+NO_SHRINK_HOLD = 1.0  # a max_shrink no refresh can exceed
 
 
 @dataclass(frozen=True)
@@ -329,8 +330,13 @@ class Config:
         return float(own) if own is not None else self.agent.max_stale
 
     def max_shrink(self, group: ClientGroup) -> float:
+        """A device group's shrink is never held back unless it says so: a device that
+        stops qualifying, or leaves, loses access at once (the fail-closed direction),
+        and an address it left may already belong to someone else (a VPN pool)."""
         own = getattr(group, "max_shrink", None)
-        return float(own) if own is not None else self.agent.max_shrink
+        if own is not None:
+            return float(own)
+        return NO_SHRINK_HOLD if isinstance(group, DeviceClients) else self.agent.max_shrink
 
     def group(self, name: str) -> ClientGroup:
         return next(group for group in self.clients if group.name == name)

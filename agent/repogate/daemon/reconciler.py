@@ -4,7 +4,10 @@ Refreshes, link events, the drift monitor and reloads call `request()`, which
 only marks a reason as pending and wakes the thread: it never touches the
 scheduler, so nothing a worker does can wait on a lock the stop path holds (the
 deadlock of APScheduler's `shutdown(wait=True)` joining a worker stuck in
-`modify_job`). A burst of requests within the debounce becomes one transaction.
+`modify_job`). A request after a quiet spell is applied at once (a device that stops
+qualifying must lose access now, not a debounce later); requests arriving within
+DEBOUNCE of the last transaction are coalesced into the next one, so a burst of
+refreshes costs at most one transaction per DEBOUNCE.
 
 A reconcile that fails (nftables refused, anything unexpected) is logged as one
 line and its reasons are requested again after a backoff, never dropped.
@@ -18,7 +21,7 @@ import time
 from collections.abc import Callable
 
 log = logging.getLogger("repogate")
-DEBOUNCE = 0.2  # seconds a wake waits, so a burst of refreshes coalesces
+DEBOUNCE = 0.2  # seconds between transactions while requests keep coming
 RETRY_FIRST, RETRY_MAX = 2.0, 60.0  # backoff after a failed reconcile
 
 Work = Callable[[set[str], bool], bool]  # (reasons, verify) -> succeeded
@@ -35,6 +38,7 @@ class Reconciler:
         self._verify = False
         self._stopping = False
         self._retry_in = RETRY_FIRST
+        self._last_done = float("-inf")  # monotonic end of the last transaction
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
 
     def start(self) -> None:
@@ -69,8 +73,12 @@ class Reconciler:
                 next_tick = time.monotonic() + self.tick_interval
                 self._guard("periodic check", self._tick)
                 continue
-            time.sleep(DEBOUNCE)
             with self._cond:
+                # Within DEBOUNCE of the last transaction: let the burst gather.
+                quiet_at = self._last_done + DEBOUNCE
+                self._cond.wait_for(
+                    lambda: self._stopping, timeout=max(0.0, quiet_at - time.monotonic())
+                )
                 if self._stopping:
                     return
                 reasons, self._pending = self._pending, set()
@@ -78,6 +86,7 @@ class Reconciler:
             ok = False
             try:
                 ok = self._work(reasons, verify)
+                self._last_done = time.monotonic()
             except Exception as exc:
                 log.error(
                     "reconcile (%s) failed unexpectedly: %s: %s; retrying in %.0f s",

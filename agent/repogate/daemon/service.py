@@ -377,6 +377,11 @@ class Daemon:
         # Any address change matters once egress.addresses are declared (they may sit
         # on an interface that is not the uplink).
         declared = bool(self.config.egress.addresses) and "address" in link_event.kind
+        if link_event.kind in ("link-down", "link-removed"):
+            # A VPN server restarting: its old status rows must stop admitting at once.
+            lost = self.sources.tunnel_lost(link_event.interface, self.clock())
+            if any([self._fetch(key, force=True) for key in lost]):
+                self.request_reconcile(f"tunnel {link_event.interface} down")
         watched = link_event.interface in self.egress.interfaces()
         if not (watched or declared or link_event.kind == "link-up"):
             return

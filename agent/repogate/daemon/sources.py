@@ -118,6 +118,14 @@ class SourceTable:
             states = list(self._states.items())
         return {key: s.source for key, s in states if isinstance(s.source, DeviceSource)}
 
+    def tunnel_lost(self, interface: str, now: float) -> list[str]:
+        """Tell the device groups whose tunnel is `interface` that it went down or away;
+        their keys, to be read again at once."""
+        lost = {k: s for k, s in self.device_sources().items() if s.group.interface == interface}
+        for source in lost.values():
+            source.tunnel_lost(now)
+        return list(lost)
+
     def never_fetched(self, key: str) -> bool:
         with self._lock:
             state = self._states[key]

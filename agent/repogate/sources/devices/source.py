@@ -19,6 +19,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -29,6 +30,7 @@ from repogate.sources import SourceResult
 from repogate.sources.devices import DeviceRecord, Sighting
 from repogate.sources.devices.inventory import qualifies
 from repogate.sources.devices.join import Qualifies, Verdict, admitted_addresses, join
+from repogate.sources.devices.openvpn import OpenvpnStatus
 from repogate.sources.devices.reader import InventoryExpiredError, InventoryReader
 
 SAMPLE = 20
@@ -67,6 +69,17 @@ class DeviceSource:
         self.verdicts: tuple[Verdict, ...] = ()  # the last judgement, for devices and explain
         self._admitted: set[str] = set()  # identities admitted at the last read
         self._devices: dict[str, str] = {}  # address -> "device (owner)" at the last read
+        self._tunnel_lost_at: float | None = None  # when the group's tunnel last went away
+
+    def tunnel_lost(self, now: float) -> None:
+        """The group's interface went down or away (the daemon saw the link event).
+
+        An OpenVPN server that restarts hands its pool addresses out afresh, while its
+        status file still lists the old holders until the new server rewrites it: rows
+        written before `now` name clients of a server that is gone, so they admit no one
+        (otherwise a new holder of an old address would get in meanwhile).
+        """
+        self._tunnel_lost_at = now
 
     def signature(self) -> object | None:
         return None  # leases expire and handshakes age: the answer changes with time alone
@@ -74,6 +87,11 @@ class DeviceSource:
     def fetch(self) -> SourceResult:
         now = time.time()
         seen = self.read_map(self.group, now)
+        lost = self._tunnel_lost_at
+        written = seen.updated if isinstance(seen, OpenvpnStatus) else None
+        stale_rows = lost is not None and written is not None and written <= lost
+        if stale_rows:
+            seen = _NoneSeen(seen.rejected)
         by_identity = None
         rejected: list[Rejected] = list(seen.rejected)
         max_age = self.inventory.inventory.max_age if self.inventory is not None else None
@@ -105,7 +123,7 @@ class DeviceSource:
             rejected_sample=tuple(rejected[:SAMPLE]),
             origin=f"{self.group.type} {_where(self.group)}",
             devices=devices,
-            notes=self._notes(),
+            notes=self._notes() + ((_RESTARTED,) if stale_rows else ()),
             refresh_in=self._refresh_in(now),
         )
 
@@ -132,7 +150,7 @@ class DeviceSource:
         management = self.group.management
         if not revoked or management is None or self.group.type != "openvpn":
             return
-        from repogate.sources.devices.openvpn import OpenvpnManagement, OpenvpnStatus  # noqa: PLC0415
+        from repogate.sources.devices.openvpn import OpenvpnManagement  # noqa: PLC0415
 
         present = {v.sighting.identity for v in self.verdicts}
         clients = seen.clients if isinstance(seen, OpenvpnStatus) else ()
@@ -147,6 +165,17 @@ class DeviceSource:
                 log.warning("openvpn: disconnected %s, which no longer qualifies", name)
             except (SourceError, OSError) as exc:
                 log.warning("openvpn: cannot disconnect %s through %s: %s", name, management, exc)
+
+
+_RESTARTED = "the tunnel went down: waiting for the server's first status after it"
+
+
+@dataclass(frozen=True)
+class _NoneSeen:
+    """A map that admits no one (what a gone server's status file is worth)."""
+
+    rejected: tuple[Rejected, ...]
+    sightings: tuple[Sighting, ...] = ()
 
 
 def _qualifies(record: DeviceRecord, now: float, *, max_age: float | None) -> tuple[bool, str]:

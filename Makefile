@@ -102,5 +102,18 @@ proof: deps
 test-package: deb
 	packaging/proof/run "dist/repogate_$$(dpkg-parsechangelog -l packaging/debian/changelog -S Version)_all.deb"
 
+# repogate beside its peers in one run: CrowdSec's firewall bouncer (Debian's, nftables
+# mode, fed by a stand-in for its local API) and raw `nft -f` as the floor; azlux/nft-dns
+# when NFT_DNS names a checkout of it (skipped, saying so, without). The bouncer's unit is
+# masked before it is installed, so it never starts on the host. About 10 minutes.
+bench-peers: deps
+	@dpkg -s crowdsec-firewall-bouncer >/dev/null 2>&1 || { \
+	  systemctl mask crowdsec-firewall-bouncer >/dev/null 2>&1 || true; \
+	  guard=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && guard=1; fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends crowdsec-firewall-bouncer; \
+	  status=$$?; [ -n "$$guard" ] && rm -f /usr/sbin/policy-rc.d; exit $$status; }
+	$(PY) bench/peers.py $(if $(NFT_DNS),--nft-dns $(NFT_DNS))
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info agent/*.egg-info

@@ -56,9 +56,9 @@ KEYS: tuple[Key, ...] = (
         "`agent.verify_interval`",
         '`"30s"`',
         (
-            "the daemon re-reads its whole table every 10 times this as a safety net; drift "
-            "itself is found at once from nf_tables notifications (or from the ruleset "
-            "generation id every 2 s)"
+            "the longest time between reads of the ruleset generation id (2 s unless "
+            "lower) when nf_tables notifications are unavailable; drift is found at once "
+            "from them, and the table is never re-read on a timer"
         ),
     ),
     Key(

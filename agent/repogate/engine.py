@@ -262,13 +262,15 @@ class Engine:
 
     def save_state(self, *, force: bool = False) -> None:
         """Last known good entries to disk: at once when they changed, else when due."""
+        before = self.store.save_error
         try:
             if force:
                 self.store.save()
             else:
                 self.store.save_if_due(self.clock())
         except OSError as exc:
-            log.warning("could not save state in %s: %s", self.store.path, exc.strerror or exc)
+            if self.store.save_error != before:  # said once: a failed save is retried
+                log.warning("could not save state in %s: %s", self.store.path, exc.strerror or exc)
 
     def check_owned(self, current: KernelTable | None, *, adopt: bool = False) -> tuple[str, ...]:
         """Refuse a table this instance did not create; return what `adopt` took over.

@@ -167,6 +167,7 @@ class StateStore:
         self.touch_interval = touch_interval
         self.problem: str | None = None
         self.set_aside: Path | None = None
+        self.save_error: str | None = None  # why the last save failed, for status
         self._loaded_signature: tuple[int, int] | None = None
         self._entries_dirty = False
         self._touched = False
@@ -232,6 +233,11 @@ class StateStore:
             lines.append(
                 f"state file {self.path} is unusable ({self.problem}); "
                 "its last known good entries are not used"
+            )
+        if self.save_error is not None:  # a read-only, full or foreign-owned state_dir
+            lines.append(
+                f"cannot save the state file {self.path} ({self.save_error}): its last known "
+                "good entries live in memory only, and a restart would start without them"
             )
         earlier = [path for path in self.set_aside_files() if path != self.set_aside]
         if earlier:
@@ -317,7 +323,12 @@ class StateStore:
                 for name, hold in sorted(self.holds.items())
             },
         }
-        write_atomically(self.path, json.dumps(document, separators=(",", ":")))
+        try:
+            write_atomically(self.path, json.dumps(document, separators=(",", ":")))
+        except OSError as exc:
+            self.save_error = exc.strerror or str(exc)
+            raise
+        self.save_error = None
         self._loaded_signature = self._signature()
         self._entries_dirty = self._touched = False
 

@@ -227,7 +227,10 @@ def start_daemon(lab: Lab) -> Iterator[StartDaemon]:
     started: list[Daemon] = []
     scratch: list[Path] = []
 
-    def start(extra_env: Mapping[str, str] | None = None) -> Daemon:
+    def start(
+        extra_env: Mapping[str, str] | None = None, argv: Sequence[str] | None = None
+    ) -> Daemon:
+        """`argv` replaces `repogate run`'s (e.g. to wrap it in setpriv inside the gateway)."""
         # Short: unix socket paths are limited to 107 bytes, pytest's tmp_path can be long.
         directory = Path(tempfile.mkdtemp(prefix="rgd-"))
         scratch.append(directory)
@@ -238,7 +241,7 @@ def start_daemon(lab: Lab) -> Iterator[StartDaemon]:
         log_path = directory / "daemon.log"
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(
-                lab.repogate_argv("run"),
+                list(argv) if argv is not None else lab.repogate_argv("run"),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import datetime
 import logging
-import queue
 import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from repogate.audit import AuditLog
@@ -40,6 +38,7 @@ from repogate.daemon.publish import Publisher
 from repogate.daemon.reconciler import Reconciler
 from repogate.daemon.reload import reload
 from repogate.daemon.requests import RequestHandler
+from repogate.daemon.signals import HANDLED_SIGNALS, Signals, StopDuringStart
 from repogate.daemon.sources import SourceTable
 from repogate.daemon.watch import BootWriter, EgressWatch, StateWriter
 from repogate.engine import Engine, Generation, Outcome
@@ -57,7 +56,6 @@ STOP_DEADLINE = 4.0  # seconds the transaction in flight may take to finish at a
 STUCK_AFTER = 120.0  # a reconcile running longer stops the watchdog pings
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
-HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
 
 class Daemon:
@@ -78,7 +76,7 @@ class Daemon:
         self.sources = SourceTable(self.metrics, clock)
         self.generation: Generation  # swapped whole by a reload
         self.publisher = Publisher(self.metrics, self.notifier, self.sources, config_path, clock)
-        self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._signals = Signals()
         self._scheduler: Any = None
         self._stopping = threading.Event()
         self._busy_since: float | None = None
@@ -106,7 +104,7 @@ class Daemon:
         setup_logging(config.agent.log_format)
         event(log, logging.INFO, f"starting with {self.config_path}", config=str(self.config_path))
         # Handlers first, so a SIGHUP or SIGTERM during start-up waits for the main loop.
-        self._install_signal_handlers()
+        self._signals.install()
         try:
             self.lock = TableLock(config.agent.table)
         except RepogateError as exc:
@@ -136,9 +134,15 @@ class Daemon:
         # preset's snapshot) and are fetched by their jobs right after READY, so a
         # start before the network is up is not held up. Destination hosts never seen
         # are the exception: bounded by the resolver's deadline (seconds).
-        self._fetch_all(local_only=True)
-        for key in self.sources.unseen_hosts(store):
-            self._fetch(key, force=True)
+        try:
+            with self._signals.interruptible():
+                self._fetch_all(local_only=True)
+                for key in self.sources.unseen_hosts(store):
+                    self._fetch(key, force=True)
+        except StopDuringStart as stop:
+            name = signal.Signals(stop.signum).name
+            event(log, logging.INFO, f"stopping on {name} during the first fetches; no change made")
+            return EXIT_OK
         self.boot = BootWriter(state_dir / "ruleset.nft", lambda: self.engine.last_applied)
         self.state_writer = StateWriter(self.engine)
         self.engine.state_changed = self.state_writer.mark
@@ -186,10 +190,7 @@ class Daemon:
         tick = min(1.0, watchdog) if watchdog else 1.0
         next_ping = time.monotonic()
         while True:
-            try:
-                signum: int | None = self._signals.get(timeout=tick)
-            except queue.Empty:
-                signum = None
+            signum = self._signals.get(timeout=tick)
             if signum == signal.SIGHUP:
                 reload(self)
             elif signum in (signal.SIGTERM, signal.SIGINT):
@@ -251,13 +252,6 @@ class Daemon:
             "protected destinations are no longer gated",
             reason="stop",
         )
-
-    def _install_signal_handlers(self) -> None:
-        def handler(signum: int, _frame: FrameType | None) -> None:
-            self._signals.put(signum)
-
-        for signum in HANDLED_SIGNALS:
-            signal.signal(signum, handler)
 
     # -- scheduling ----------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from repogate.state import write_atomically
 
 log = logging.getLogger("repogate")
 REWRITE_EVERY = 10.0  # seconds between boot ruleset rewrites while changes keep coming
+SAVE_RETRY = 5.0  # seconds between attempts to save a state file that could not be saved
 
 
 class EgressWatch:
@@ -106,6 +107,7 @@ class BootWriter:
         self._dirty = threading.Event()
         self._stopped = threading.Event()
         self._lock = threading.Lock()  # one writer at a time: the thread or flush()
+        self._failure: str | None = None  # said once, then tried again quietly
         self._thread = threading.Thread(target=self._run, name="boot-ruleset", daemon=True)
 
     def start(self) -> None:
@@ -143,7 +145,13 @@ class BootWriter:
             try:
                 write_atomically(self.path, render_boot(desired))
             except OSError as exc:
-                log.warning("could not write %s: %s", self.path, exc)
+                failure = str(exc.strerror or exc)
+                if failure != self._failure:
+                    log.warning("could not write %s: %s", self.path, failure)
+                self._failure = failure
+                self._dirty.set()  # tried again REWRITE_EVERY seconds later
+                return
+            self._failure = None
 
 
 class StateWriter:
@@ -169,7 +177,10 @@ class StateWriter:
 
     def _run(self) -> None:
         while not self._stopped.is_set():
-            self._dirty.wait()
+            # A save that failed (a read-only or full state_dir) is tried again on a
+            # timer: the file, and status, recover without waiting for a change.
+            failing = self.engine.store.save_error is not None
+            self._dirty.wait(SAVE_RETRY if failing else None)
             if self._stopped.is_set():
                 return
             self._dirty.clear()

@@ -4,8 +4,9 @@ Two servers' files are read: dnsmasq's leases file and Kea's memfile CSV for DHC
 Both are rewritten by their server while we may be reading (dnsmasq truncates and
 rewrites in place; Kea appends and its LFC replaces the file), so a line may be torn,
 and a file may come from a newer server with columns we do not know. A line that
-cannot be read is rejected with its line number and reason, never fatal; only a file
-that is not a lease file of the kind asked for raises `SourceError`.
+cannot be read is rejected with its line number and reason, never fatal; a file that
+is not a lease file of the kind asked for raises `SourceError`, and so does a dnsmasq
+file that stays cut short mid-line (read again first: see `_read_dnsmasq`).
 
 Only leases that hold at `now` become sightings; well-formed leases that admit
 nobody (expired, released, declined, DHCPv6) are returned as `ignored`, so
@@ -15,6 +16,7 @@ nobody (expired, released, declined, DHCPv6) are returned as `ignored`, so
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
@@ -26,6 +28,8 @@ from repogate.errors import SourceError
 from repogate.sources.devices import Sighting
 from repogate.sources.devices.macs import InvalidMacError, normalise_mac
 
+READ_ATTEMPTS = 3  # reads of a file found cut short, REREAD_PAUSE seconds apart
+REREAD_PAUSE = 0.05
 KEA_INFINITE = 0xFFFFFFFF  # Kea's valid_lifetime for a lease that never expires
 _KEA_REQUIRED = ("address", "hwaddr", "valid_lifetime", "expire")
 _KEA_STATES = {1: "declined", 2: "expired-reclaimed", 3: "released"}
@@ -62,12 +66,40 @@ def read_leases(
     An unreadable file must keep what is enforced (the group's last known good), not
     look like "no leases", so it raises rather than returning nothing.
     """
+    if lease_format == "kea":
+        return parse_kea4(_read(path), now=now, tz=tz)
+    return parse_dnsmasq(_read_dnsmasq(path), now=now, tz=tz)
+
+
+def _read(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    parse = parse_kea4 if lease_format == "kea" else parse_dnsmasq
-    return parse(data, now=now, tz=tz)
+
+
+def _read_dnsmasq(path: Path) -> bytes:
+    """The file as dnsmasq finished writing it.
+
+    dnsmasq rewrites it in place (ftruncate, then its buffer written out) and ends every
+    line with a newline, so a read that is empty or ends mid-line may have met a rewrite:
+    read again after a pause. Still cut short after the last attempt (a full disk, or a
+    rewrite that never ends), the read fails, and the group keeps its last good entries,
+    instead of revoking every device whose line came after the cut (found by the fault
+    suite: tests/e2e/test_faults_files.py). Still empty is a file with no leases.
+    """
+    for _ in range(READ_ATTEMPTS - 1):
+        data = _read(path)
+        if data.endswith(b"\n"):
+            return data
+        time.sleep(REREAD_PAUSE)
+    data = _read(path)
+    if data and not data.endswith(b"\n"):
+        raise SourceError(
+            f"{path} ends mid-line in {READ_ATTEMPTS} reads {REREAD_PAUSE:g} s apart "
+            "(cut short: a full disk, or being rewritten)"
+        )
+    return data
 
 
 def parse_dnsmasq(data: str | bytes, *, now: float, tz: tzinfo | None = None) -> ParsedLeases:

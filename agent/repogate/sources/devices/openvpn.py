@@ -7,8 +7,9 @@ Columns are found by the HEADER lines' names, never by position: 2.4 added `Clie
 
 OpenVPN rewrites its status file in place, a `write()` per line from offset 0 and a
 truncate at the end, so a reader can see the new head glued to the old tail. The file is
-therefore read whole, again if its mtime moved meanwhile, and anything not shaped like a
-status line (the torn seam) or after `END` is rejected with its line number, never parsed.
+therefore read whole, again if its mtime moved meanwhile or it looks torn (no `END`, or a
+seam), and anything not shaped like a status line (the torn seam) or after `END` is
+rejected with its line number, never parsed; a file that stays without `END` fails.
 A status file that stopped being rewritten (the server died) still lists its last
 clients: its TIME line is checked against `max_age`.
 """
@@ -29,6 +30,9 @@ from repogate.sources.devices import Sighting
 MAX_STATUS = 32 * 1024 * 1024
 _KNOWN = frozenset({"TITLE", "TIME", "HEADER", "CLIENT_LIST", "ROUTING_TABLE", "GLOBAL_STATS"})
 _SAMPLE = 10
+_TORN = "not a status line (a torn rewrite?)"
+READ_ATTEMPTS = 3  # reads of a file found cut short or torn, REREAD_PAUSE seconds apart
+REREAD_PAUSE = 0.05
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,22 @@ def read_status_file(
     """Read and parse a status file; SourceError if unreadable or older than `max_age`.
 
     `max_age` must exceed the server's `status <file> <seconds>` interval (default 60).
+    A read without END, or with a torn seam, may have met a rewrite: it is read again
+    after a pause. Still without END after the last attempt (cut short: a full disk),
+    the read fails and the group keeps its last good entries, instead of revoking every
+    client whose row came after the cut (found by tests/e2e/test_faults_files.py).
     """
-    status = parse_status(_read_stable(path), where=str(path), interface=interface)
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        status = parse_status(_read_stable(path), where=str(path), interface=interface)
+        torn = any(r.reason == _TORN for r in status.rejected)
+        if (status.complete and not torn) or attempt == READ_ATTEMPTS:
+            break
+        time.sleep(REREAD_PAUSE)
+    if not status.complete:
+        raise SourceError(
+            f"{path}: no END line in {READ_ATTEMPTS} reads {REREAD_PAUSE:g} s apart "
+            "(cut short: a full disk, or being rewritten)"
+        )
     if status.updated is None:
         raise SourceError(f"{path}: no TIME line; set `status-version 2` (or 3) on the server")
     if now - status.updated > max_age:
@@ -135,7 +153,7 @@ class _Parser:
         elif kind == "END" and len(fields) == 1:
             self.ended = True
         elif kind not in _KNOWN:
-            self.reject(number, line, "not a status line (a torn rewrite?)")
+            self.reject(number, line, _TORN)
         elif kind == "HEADER" and len(fields) > 2:
             self.headers[fields[1]] = fields[2:]
         elif kind == "TIME" and len(fields) >= 3 and fields[2].isdigit():

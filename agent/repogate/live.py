@@ -89,6 +89,7 @@ class LiveView:
     config: str = ""
     notes: tuple[str, ...] = ()
     present: bool = True  # whether the table exists in the kernel
+    not_ours: bool = False  # a table by that name exists, but this repogate did not make it
     pending: Mapping[str, int] = field(default_factory=dict)  # elements to add, delete
     inventories: tuple[InventoryView, ...] = ()
 
@@ -173,6 +174,7 @@ def from_json(data: Mapping[str, Any]) -> LiveView:
         config=str(data.get("config", "")),
         notes=tuple(data.get("notes", ())),
         present=bool(data.get("present", True)),
+        not_ours=bool(data.get("not_ours", False)),
         inventories=tuple(
             InventoryView(**{k: v for k, v in i.items() if k in InventoryView.__dataclass_fields__})
             for i in data.get("inventories", ())

@@ -288,6 +288,30 @@ def test_render(config_file: Path) -> None:
 # --- status ---
 
 
+@pytest.mark.parametrize(
+    ("owner", "note"),
+    [
+        (None, "exists but repogate did not create it"),
+        ("repogate instance 0123456789abcdef", "another repogate"),
+    ],
+    ids=["no-mark", "another-instance"],
+)
+def test_status_of_a_foreign_table_never_says_it_is_absent(
+    config_file: Path, owner: str | None, note: str
+) -> None:
+    """The first line and the note below it must not contradict each other."""
+    gate = KernelChain("gate", None, None, None, None, ())
+    foreign = KernelTable("repogate", {}, {"gate": gate}, {}, owner=owner)
+    result = run(["status", "--config", str(config_file)], RecordingBackend(table=foreign))
+    assert result.code == 0
+    assert result.lines[0] == "table inet repogate: present but NOT this repogate's (see below)"
+    assert note in result.out and "not present" not in result.out
+    as_json = run(
+        ["status", "--json", "--config", str(config_file)], RecordingBackend(table=foreign)
+    )
+    assert '"not_ours": true' in as_json.out
+
+
 def test_status_json(config_file: Path, kernel: Any) -> None:
     run(["sync", "--config", str(config_file)], kernel)
     kernel.set_counter("repogate", "allowed_bitbucket", 10, 1000)

@@ -1,4 +1,4 @@
-"""The daemon's building blocks: notify protocol, state on disk, last known good, logs."""
+"""The daemon's building blocks: notify protocol, signals, state on disk, last known good, logs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import io
 import json
 import logging
 import os
+import signal
 import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import pytest
 from repogate.addresses import NormalisedEntries
 from repogate.config import Config, parse_config
 from repogate.daemon.notify import Notifier
+from repogate.daemon.signals import HANDLED_SIGNALS, Signals, StopDuringStart
 from repogate.lastgood import EMPTY, resolve
 from repogate.logs import event, setup_logging
 from repogate.plan import desired_state
@@ -260,3 +264,45 @@ def test_a_different_second_shrink_is_held_again_and_accept_shrink_applies_it(
     assert "mdm" in reloaded.holds  # the hold survives a restart
     accepted = refresh(big(20), 30, accept_shrink=True)
     assert accepted.groups["mdm"] == big(20) and accepted.held == {}
+
+
+# --- signals ---
+
+
+@pytest.fixture
+def signals() -> Iterator[Signals]:
+    """The daemon's handlers on this process, the test runner's put back after."""
+    saved = {signum: signal.getsignal(signum) for signum in HANDLED_SIGNALS}
+    handled = Signals()
+    handled.install()
+    try:
+        yield handled
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def test_sigterm_during_the_first_fetches_stops_at_once(signals: Signals) -> None:
+    """Raised in the main thread inside `interruptible()`, where a fetch may be waiting on
+    an inventory's server: the daemon must not wait out its timeout."""
+    with pytest.raises(StopDuringStart) as caught, signals.interruptible():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(2.0)  # a fetch waiting on its server: the handler's raise ends it
+        pytest.fail("SIGTERM did not interrupt the wait")
+    assert caught.value.signum == signal.SIGTERM
+    assert signals.get(timeout=0) is None  # not queued as well: the stop is handled once
+
+
+def test_sighup_during_the_first_fetches_and_sigterm_after_them_are_queued(
+    signals: Signals,
+) -> None:
+    with signals.interruptible():
+        os.kill(os.getpid(), signal.SIGHUP)  # a reload waits for the main loop
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert [signals.get(timeout=1.0) for _ in range(3)] == [
+        signal.SIGHUP,
+        signal.SIGTERM,
+        signal.SIGINT,
+    ]
+    assert signals.get(timeout=0.01) is None

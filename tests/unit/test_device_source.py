@@ -14,6 +14,7 @@ from repogate.config import DeviceClients, parse_config
 from repogate.errors import ConfigError
 from repogate.sources import specs
 from repogate.sources.devices import Sighting
+from repogate.sources.devices.openvpn import OpenvpnStatus, parse_status
 from repogate.sources.devices.source import DeviceSource, InventoryReader
 from tests.unit.conftest import base_dict
 
@@ -176,3 +177,70 @@ inventory = "it"
     text = out.getvalue()
     assert "device PHONE1 lists 02:11:22:33:44:55, a locally administered (randomised) MAC" in text
     assert "inventory it: row 3:" in text
+
+
+CLIENT_HEADER = "HEADER,CLIENT_LIST,Common Name,Real Address,Virtual Address,Virtual IPv6 Address"
+
+
+def status_written_at(epoch: int, address: str) -> OpenvpnStatus:
+    """The server's status file (status-version 2) as of `epoch`, alice at `address`."""
+    text = (
+        f"TITLE,OpenVPN 2.6.14\nTIME,x,{epoch}\n{CLIENT_HEADER}\n"
+        f"CLIENT_LIST,alice-laptop,192.0.2.2:1194,{address},\nEND\n"
+    )
+    return parse_status(text, where="status.log", interface="tun0")
+
+
+def test_status_rows_written_before_the_tunnel_went_down_admit_no_one(tmp_path: Path) -> None:
+    """A restarted server hands its pool out afresh: until it writes its first status, the
+    old rows name holders of addresses someone else may have now."""
+    recent = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    config, _ = config_with(tmp_path, CSV.format(recent=recent))
+    group = config.group("ovpn")
+    assert isinstance(group, DeviceClients)
+    lost = int(time.time())
+    status = status_written_at(lost - 5, "10.8.0.2")
+    inventory = InventoryReader(config.inventories["it"], max_stale=3600)
+    source = DeviceSource(group, inventory, read_map=lambda _group, _now: status)
+    assert source.fetch().entries.addresses_v4 == {"10.8.0.2"}  # before the loss: admitted
+    source.tunnel_lost(float(lost))
+    gone = source.fetch()
+    assert gone.entries.addresses_v4 == frozenset() and gone.accepted == 0
+    assert any(note.startswith("the tunnel went down") for note in gone.notes)
+    status = status_written_at(lost + 1, "10.8.0.7")  # the new server's first status
+    back = source.fetch()
+    assert back.entries.addresses_v4 == {"10.8.0.7"}
+    assert not any(note.startswith("the tunnel went down") for note in back.notes)
+
+
+def test_a_map_without_a_write_time_is_not_held_to_the_tunnel(tmp_path: Path) -> None:
+    """Leases and handshakes carry no TIME line: a link event alone changes nothing."""
+    recent = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    config, _ = config_with(tmp_path, CSV.format(recent=recent))
+    source = device_source(config, Seen(ovpn("alice-laptop", "10.8.0.2")))
+    source.tunnel_lost(time.time() + 60)
+    result = source.fetch()
+    assert result.entries.addresses_v4 == {"10.8.0.2"} and result.notes == ()
+
+
+@pytest.mark.parametrize(
+    ("own", "device_share", "file_share"),
+    [({}, 1.0, 0.3), ({"max_shrink": "20%"}, 0.2, 0.3)],
+    ids=["device-group-without", "device-group-with"],
+)
+def test_a_device_groups_shrink_is_held_only_when_it_sets_max_shrink(
+    tmp_path: Path, own: dict[str, Any], device_share: float, file_share: float
+) -> None:
+    """A device that stops qualifying loses access at once; a file list keeps the agent's."""
+    document = base_dict()
+    document["agent"]["max_shrink"] = 0.3
+    document["inventories"] = [
+        {"name": "it", "type": "file", "path": str(tmp_path / "d.csv"), "format": "csv"}
+    ]
+    document["clients"] += [
+        {"name": "wg", "type": "wireguard", "interface": "wg0", "inventory": "it", **own},
+        {"name": "list", "type": "file", "path": str(tmp_path / "list.txt")},
+    ]
+    config = parse_config(document)
+    assert config.max_shrink(config.group("wg")) == device_share
+    assert config.max_shrink(config.group("list")) == file_share

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from repogate.errors import SourceError
-from repogate.sources.devices import Sighting
+from repogate.sources.devices import Sighting, leases
 from repogate.sources.devices.leases import parse_dnsmasq, parse_kea4, read_leases
 
 NOW = datetime(2025, 3, 10, 12, 0, 0, tzinfo=UTC).timestamp()
@@ -189,3 +191,68 @@ def test_read_leases_reads_either_format_and_an_unreadable_file_raises(tmp_path:
     assert [s.addresses for s in found.sightings] == [("10.0.0.6",)]
     with pytest.raises(SourceError, match="cannot read"):
         read_leases(tmp_path / "missing", lease_format="dnsmasq", now=NOW)
+
+
+# -- a dnsmasq file read while dnsmasq rewrites it ----------------------------------------
+
+WHOLE = f"{LATER} aa:bb:cc:dd:ee:01 10.0.0.5 a *\n{LATER} aa:bb:cc:dd:ee:02 10.0.0.6 b *\n"
+CUT = WHOLE[: WHOLE.index("10.0.0.6") + 4]  # inside the second lease: "...10.0."
+
+
+def pauses_doing(monkeypatch: pytest.MonkeyPatch, *actions: Callable[[], object]) -> list[float]:
+    """The pauses between reads, recorded instead of slept; the n-th runs `actions[n]`
+    (a rewrite landing between two reads), so the test does not race a thread."""
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        if len(pauses) < len(actions):
+            actions[len(pauses)]()
+        pauses.append(seconds)
+
+    monkeypatch.setattr(time, "sleep", pause)  # the module's pause (leases.time.sleep)
+    return pauses
+
+
+def test_a_dnsmasq_file_completed_between_reads_is_parsed_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "dnsmasq.leases"
+    path.write_text(CUT)
+    pauses = pauses_doing(monkeypatch, lambda: path.write_text(WHOLE))
+    found = read_leases(path, lease_format="dnsmasq", now=NOW)
+    assert [s.addresses for s in found.sightings] == [("10.0.0.5",), ("10.0.0.6",)]
+    assert found.rejected == ()
+    assert pauses == [leases.REREAD_PAUSE]
+
+
+def test_a_dnsmasq_file_that_stays_cut_mid_line_fails_rather_than_revoking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parsed, it would admit only the leases before the cut: the group's last good
+    entries must be kept instead."""
+    path = tmp_path / "dnsmasq.leases"
+    path.write_text(CUT)
+    pauses = pauses_doing(monkeypatch)
+    with pytest.raises(SourceError, match=r"ends mid-line in 3 reads .*cut short") as caught:
+        read_leases(path, lease_format="dnsmasq", now=NOW)
+    assert str(path) in str(caught.value)
+    assert pauses == [leases.REREAD_PAUSE] * (leases.READ_ATTEMPTS - 1)
+
+
+def test_an_empty_dnsmasq_file_read_again_is_no_leases_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "dnsmasq.leases"
+    path.write_bytes(b"")
+    pauses = pauses_doing(monkeypatch)
+    found = read_leases(path, lease_format="dnsmasq", now=NOW)
+    assert (found.sightings, found.rejected, found.ignored) == ((), (), ())
+    assert len(pauses) == leases.READ_ATTEMPTS - 1  # empty may be mid-rewrite: read again
+
+
+def test_a_whole_dnsmasq_file_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "dnsmasq.leases"
+    path.write_text(WHOLE)
+    pauses = pauses_doing(monkeypatch)
+    assert len(read_leases(path, lease_format="dnsmasq", now=NOW).sightings) == 2
+    assert pauses == []

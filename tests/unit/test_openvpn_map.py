@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from repogate.errors import SourceError
+from repogate.sources.devices import openvpn
 from repogate.sources.devices.openvpn import OpenvpnManagement, parse_status, read_status_file
 
 TITLE = "OpenVPN 2.6.14 x86_64-pc-linux-gnu [SSL (OpenSSL)] [LZO] [LZ4] [EPOLL] [PKCS11] [AEAD]"
@@ -143,6 +146,68 @@ def test_file_freshness_and_errors(tmp_path: Path) -> None:
     if os.geteuid() != 0:  # root reads it anyway
         with pytest.raises(SourceError, match="Permission denied"):
             read_status_file(path, now=NOW, max_age=30)
+
+
+# -- a status file read while OpenVPN rewrites it -----------------------------------------
+
+BOB = "bob-laptop,192.0.2.3:5000,10.8.0.3,fd00:8::1001,1,2,2026-11-29 12:13:49,1795954429,UNDEF,1,1,AES-256-GCM"  # noqa: E501 - a status row
+# The server's new file lists alice and bob; a read that meets the rewrite sees its new
+# head, then a fragment of the old file's row at the seam, then the old tail with its END.
+NEW = V2.replace("HEADER,ROUTING_TABLE", f"CLIENT_LIST,{BOB}\nHEADER,ROUTING_TABLE")
+TORN = NEW[: NEW.index(f"CLIENT_LIST,{BOB}")] + "0.9,fd00:8::1009,7,7\n" + V2[V2.index("GLOBAL") :]
+
+
+def pauses_doing(monkeypatch: pytest.MonkeyPatch, *actions: Callable[[], object]) -> list[float]:
+    """The pauses between reads, recorded instead of slept; the n-th runs `actions[n]`
+    (a rewrite landing between two reads), so the test does not race a thread."""
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        if len(pauses) < len(actions):
+            actions[len(pauses)]()
+        pauses.append(seconds)
+
+    monkeypatch.setattr(time, "sleep", pause)  # the module's pause (openvpn.time.sleep)
+    return pauses
+
+
+def test_a_torn_seam_is_read_again_and_the_whole_file_parsed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    once = parse_status(TORN, where="s")
+    assert once.complete  # it has an END: only the seam tells, and bob is missing
+    assert [s.identity for s in once.sightings] == ["alice-laptop"]
+    path = tmp_path / "status.log"
+    path.write_text(TORN)
+    pauses = pauses_doing(monkeypatch, lambda: path.write_text(NEW))
+    status = read_status_file(path, now=NOW, max_age=30)
+    assert [s.identity for s in status.sightings] == ["alice-laptop", "bob-laptop"]
+    assert status.rejected == ()
+    assert pauses == [openvpn.REREAD_PAUSE]
+
+
+def test_a_file_without_end_after_every_read_fails_rather_than_revoking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parsed, it would admit only the clients before the cut (alice): the group's last
+    good entries must be kept instead."""
+    path = tmp_path / "status.log"
+    path.write_text(NEW[: NEW.index("bob-laptop") + 3])
+    pauses = pauses_doing(monkeypatch)
+    with pytest.raises(SourceError, match=r"no END line in 3 reads .*cut short") as caught:
+        read_status_file(path, now=NOW, max_age=30)
+    assert str(caught.value).startswith(f"{path}: ")
+    assert pauses == [openvpn.REREAD_PAUSE] * (openvpn.READ_ATTEMPTS - 1)
+
+
+def test_a_file_completed_between_reads_is_parsed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "status.log"
+    path.write_text(NEW[: NEW.index("bob-laptop") + 3])
+    pauses_doing(monkeypatch, lambda: None, lambda: path.write_text(NEW))  # on the 3rd read
+    status = read_status_file(path, now=NOW, max_age=30)
+    assert [s.identity for s in status.sightings] == ["alice-laptop", "bob-laptop"]
 
 
 def _serve(path: Path, replies: list[str]) -> tuple[threading.Thread, list[bytes]]:

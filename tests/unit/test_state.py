@@ -249,3 +249,24 @@ def test_notes_of_a_read_only_load(tmp_path: Path) -> None:
     store.load(read_only=True)
     (note,) = store.notes()
     assert note.startswith(f"state file {tmp_path / 'state.json'} is unusable (not valid JSON")
+
+
+def test_a_failed_save_is_said_in_notes_and_cleared_by_the_next_good_one(tmp_path: Path) -> None:
+    """The state_dir's parent is a file: ENOTDIR even for root (chmod would not stop root)."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    store = StateStore(blocker / "state")
+    store.put("mdm", Record("f", 100.0, "/x", ENTRIES))
+    with pytest.raises(NotADirectoryError):
+        store.save()
+    assert store.save_error == "Not a directory"
+    (note,) = store.notes()
+    assert note.startswith(f"cannot save the state file {store.path} (Not a directory): ")
+    assert "a restart would start without them" in note
+    with pytest.raises(NotADirectoryError):  # still due: the entries never reached the disk
+        store.save_if_due(1.0)
+    assert store.save_error == "Not a directory"
+    blocker.unlink()  # the admin fixes state_dir; the next attempt succeeds
+    store.save()
+    assert store.save_error is None and store.notes() == []
+    assert load(blocker / "state").get("mdm", "f") == Record("f", 100.0, "/x", ENTRIES)

@@ -37,18 +37,7 @@ def format_status(
             "daemon: none runs on this table; what follows is what the kernel and "
             "state_dir hold (network sources are not fetched by status)"
         ]
-    if not view.present:
-        state = "not present (run `repogate sync`)"
-    else:
-        pending = view.pending
-        state = (
-            "in sync"
-            if view.in_sync
-            else (
-                f"out of sync: {pending.get('add', 0)} to add, {pending.get('delete', 0)} to delete"
-            )
-        )
-    lines = [f"table inet {view.table}: {state}", *head]
+    lines = [f"table inet {view.table}: {_table_state(view)}", *head]
     lines += [f"  {note}" for note in view.notes]
     if view.last_error:
         lines.append(f"  reconcile failing: {view.last_error}")
@@ -80,6 +69,17 @@ def format_status(
     lines += ["", "traffic (since the table was created):"]
     lines += _traffic(counters)
     return lines
+
+
+def _table_state(view: LiveView) -> str:
+    if view.not_ours:
+        return "present but NOT this repogate's (see below)"
+    if not view.present:
+        return "not present (run `repogate sync`)"
+    if view.in_sync:
+        return "in sync"
+    pending = view.pending
+    return f"out of sync: {pending.get('add', 0)} to add, {pending.get('delete', 0)} to delete"
 
 
 # What a never-fetched source serves, by lastgood.Staleness.origin; a snapshot reads

@@ -21,7 +21,7 @@ from repogate.config.devices import DEVICE_KEYS
 from repogate.devices import DeviceRow, device_lines_for, device_rows, format_devices
 from repogate.egress import EgressReport
 from repogate.engine import Inputs
-from repogate.errors import RepogateError
+from repogate.errors import NotOwnedTableError, RepogateError
 from repogate.lastgood import last_fetched
 from repogate.live import LiveView, destinations_of, from_json, source_views
 from repogate.runtime import NoDaemonError, ask
@@ -79,10 +79,12 @@ def _local_view(call: Invocation) -> tuple[LiveView, dict[str, Any], EgressRepor
     collected = collect(config, network=False)
     inputs = Inputs(collected.results, collected.failures)
     notes: list[str] = here.engine.store.notes()
+    not_ours = False
     try:
         outcome = here.engine.reconcile(here.generation, inputs, reason="status", dry_run=True)
     except RepogateError as exc:
         notes.append(str(exc))
+        not_ours = isinstance(exc, NotOwnedTableError)
         outcome = _offline(config, inputs)
     last_success = last_fetched(here.engine.store)
     counters = backend.read_counters(config.agent.table)
@@ -101,6 +103,7 @@ def _local_view(call: Invocation) -> tuple[LiveView, dict[str, Any], EgressRepor
         sets={name: len(spec.elements) for name, spec in outcome.desired.sets.items()},
         in_sync=outcome.plan.is_empty and here.engine.model is not None,
         present=here.engine.model is not None,
+        not_ours=not_ours,
         pending={"add": outcome.plan.elements_added, "delete": outcome.plan.elements_deleted},
         config=str(config.path or ""),
         notes=tuple(notes),

@@ -72,6 +72,9 @@ class DesiredState:
     def rules_digest(self) -> str:
         """Fingerprint of chains and rules, stamped into rule comments to detect changes."""
         shape: dict[str, object] = {
+            # The chain layout (nft.layout) is part of the fingerprint: a table written
+            # in another layout differs in its comments, and its rules are rewritten.
+            "layout": "port-destination-client",
             "hooks": list(self.hooks),
             "rules": [
                 [r.family, r.destination_set, list(r.ports), r.counter, r.client_set]

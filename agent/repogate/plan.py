@@ -19,7 +19,7 @@ from repogate.model import (
     SnatSpec,
 )
 from repogate.nft import names
-from repogate.nft.names import expected_rule_comments
+from repogate.nft.layout import chain_names, expected_rule_comments
 
 FAMILIES: tuple[Family, ...] = (4, 6)
 
@@ -198,11 +198,13 @@ def expected_table(desired: DesiredState) -> KernelTable:
     )
 
 
-def base_chain_matches(chain: KernelChain, name: str) -> bool:
+def chain_matches(chain: KernelChain, name: str) -> bool:
+    """Whether an existing chain is the kind repogate wants under this name."""
     base = names.base_chain(name)
+    if base is None:
+        return chain.hook is None
     return (
-        base is not None
-        and chain.hook == base.hook
+        chain.hook == base.hook
         and chain.chain_type == base.chain_type
         and chain.priority == base.priority
         and chain.policy == "accept"
@@ -224,7 +226,7 @@ def diff(desired: DesiredState, current: KernelTable | None) -> Plan:
     transaction); sets, counters and chains are created or removed only when the
     config's shape changed, and rules are rewritten only when their fingerprint differs.
     """
-    wanted_chains = names.chain_names(desired)
+    wanted_chains = chain_names(desired)
     if current is None:
         return Plan(
             create_table=True,
@@ -254,14 +256,13 @@ def diff(desired: DesiredState, current: KernelTable | None) -> Plan:
     add_counters = [name for name in desired.counters if name not in current.counters]
     delete_counters = sorted(set(current.counters) - set(desired.counters))
 
+    # A chain of the wrong kind cannot change in place: a base chain of another hook, or
+    # a regular chain (gate, gate_*) someone made a base chain, is deleted and re-added.
     recreate_chains: set[str] = {
         name
-        for name in wanted_chains[1:]
-        if name in current.chains and not base_chain_matches(current.chains[name], name)
+        for name in wanted_chains
+        if name in current.chains and not chain_matches(current.chains[name], name)
     }
-    gate = current.chains.get(names.GATE_CHAIN)
-    if gate is not None and gate.hook is not None:
-        recreate_chains.add(names.GATE_CHAIN)
     add_chains = [
         name for name in wanted_chains if name not in current.chains or name in recreate_chains
     ]

@@ -138,11 +138,84 @@ def test_adding_and_removing_a_group_keeps_the_table_and_other_sets(netns: Names
     assert not any(e.startswith(("delete table", "add table")) for e in events), events
     assert not any(e.startswith("delete set") and "__set" not in e for e in events), events
     assert set_elements(netns, "client_vpn_v4_net") == {"10.8.0.0/24"}
-    assert "@client_vpn_v4_net" in netns.nft("list", "chain", "inet", "repogate", "gate")
+    assert "@client_vpn_v4_net" in netns.nft(
+        "list", "chain", "inet", "repogate", "gate_bitbucket_v4"
+    )
     removed = netns.repogate("sync", config=config(netns))
     assert removed.returncode == 0, removed.stderr
     assert "client_vpn" not in netns.nft("list", "table", "inet", "repogate")
     assert set_elements(netns, "client_office_v4_addr") == {"10.30.0.7"}
+
+
+# The layout before nft.layout: every rule in `gate`, looked up for every forwarded packet.
+FLAT = """\
+flush chain inet repogate forward
+flush chain inet repogate gate
+flush chain inet repogate gate_bitbucket_v4
+flush chain inet repogate gate_bitbucket_v6
+delete chain inet repogate gate_bitbucket_v4
+delete chain inet repogate gate_bitbucket_v6
+"""
+FLAT_RULE = (
+    "add rule inet repogate gate {match} ip{v} daddr @dest_bitbucket_v{family} "
+    'tcp dport {{ 22, 443 }} counter name "{counter}" {verdict} comment "{comment} [0123456789ab]"'
+)
+
+
+def flat_layout(ns: Namespace) -> None:
+    lines = [FLAT]
+    for family, v in ((4, ""), (6, "6")):
+        for kind in ("addr", "net"):
+            match = f"ip{v} saddr @client_office_v{family}_{kind}"
+            lines.append(
+                FLAT_RULE.format(
+                    match=match,
+                    v=v,
+                    family=family,
+                    counter="allowed_bitbucket",
+                    verdict="accept",
+                    comment="allow office to bitbucket",
+                )
+            )
+        lines.append(
+            FLAT_RULE.format(
+                match="",
+                v=v,
+                family=family,
+                counter="denied_bitbucket",
+                verdict="reject with tcp reset",
+                comment="refuse others to bitbucket",
+            )
+        )
+    lines.append('add rule inet repogate forward jump gate comment "repogate [0123456789ab]"')
+    script = ns.workdir / "flat.nft"
+    script.write_text("\n".join(lines) + "\n")
+    ns.run("nft", "-f", str(script))
+
+
+def test_a_table_in_the_flat_layout_is_rewritten_in_one_transaction(netns: Namespace) -> None:
+    path = config(netns)
+    assert netns.repogate("sync", config=path).returncode == 0
+    chains = ("gate_bitbucket_v4", "gate_bitbucket_v6", "gate", "forward")
+    enforced = [netns.nft("list", "chain", "inet", "repogate", name) for name in chains]
+    flat_layout(netns)
+    assert "gate_bitbucket" not in netns.nft("list", "table", "inet", "repogate")
+    with netns.monitor() as monitor:
+        upgraded = netns.repogate("sync", config=path)
+    assert upgraded.returncode == 0, upgraded.stderr
+    events = monitor.events()
+    assert any(e.startswith("add chain inet repogate gate_bitbucket_v4") for e in events), events
+    named = [e for e in events if "__set" not in e]  # anonymous sets: the rules' port lists
+    assert not any("element" in e or " set " in e for e in named), events  # no set touched
+    commits = [line for line in monitor.output.read_text().splitlines() if "new generation" in line]
+    assert len([line for line in commits if not line.endswith("(nft)")]) == 1, (
+        commits
+    )  # fences: nft
+    assert [netns.nft("list", "chain", "inet", "repogate", name) for name in chains] == enforced
+    with netns.monitor() as monitor:
+        again = netns.repogate("sync", config=path)
+    assert "in sync, no changes" in again.stdout, again.stdout
+    assert monitor.events() == []
 
 
 def test_sync_repairs_drift_in_the_owned_table(netns: Namespace) -> None:

@@ -33,7 +33,8 @@ from repogate.instance import Instance
 from repogate.lastgood import resolve
 from repogate.model import CounterValue, DesiredState, KernelTable, NatRule, Plan
 from repogate.nft.builders import transaction
-from repogate.nft.names import OWNER_COUNTER, owner_comment
+from repogate.nft.layout import chain_names, expected_rule_comments
+from repogate.nft.names import OWNER_COUNTER, base_chain, owner_comment
 from repogate.nft.parse import parse_table
 from repogate.plan import desired_state
 from repogate.sources import collect
@@ -207,37 +208,16 @@ def listing_from_desired(
         if spec.elements:
             body["elem"] = [listing_element(text) for text in sorted(spec.elements)]
         items.append({"set": body})
-    items.append({"chain": {**ref, "name": "gate", "handle": next(handle)}})
-    for hook in desired.hooks:
-        items.append(
-            {
-                "chain": {
-                    **ref,
-                    "name": hook,
-                    "handle": next(handle),
-                    "type": "filter",
-                    "hook": hook,
-                    "prio": 0,
-                    "policy": "accept",
-                }
-            }
-        )
-    digest = desired.rules_digest
-    for rule in desired.rules:
-        comment = f"{rule.comment} [{digest}]"
-        items.append({"rule": {**ref, "chain": "gate", "handle": next(handle), "comment": comment}})
-    for hook in desired.hooks:
-        items.append(
-            {
-                "rule": {
-                    **ref,
-                    "chain": hook,
-                    "handle": next(handle),
-                    "comment": f"repogate [{digest}]",
-                    "expr": [{"jump": {"target": "gate"}}],
-                }
-            }
-        )
+    for name in chain_names(desired):
+        base = base_chain(name)
+        chain: Json = {**ref, "name": name, "handle": next(handle)}
+        if base is not None:
+            chain.update(type=base.chain_type, hook=base.hook, prio=base.priority, policy="accept")
+        items.append({"chain": chain})
+    for name, comments in expected_rule_comments(desired).items():
+        for comment in comments:
+            rule = {**ref, "chain": name, "handle": next(handle), "comment": comment}
+            items.append({"rule": rule})
     return items
 
 
@@ -528,6 +508,8 @@ class FakeKernel:
     @staticmethod
     def _check_iifname(expr: Json) -> None:
         right = expr["match"]["right"]
+        if expr["match"]["left"]["meta"] == {"key": "l4proto"} and right == "tcp":
+            return  # the TCP test a reset needs where no port match implies it
         names = right["set"] if isinstance(right, dict) else [right]
         if expr["match"]["left"]["meta"] != {"key": "iifname"} or not all(
             isinstance(name, str) and 0 < len(name) < 16 for name in names

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -21,6 +23,7 @@ from repogate.nft.builders import (
     build_set_change,
     transaction,
 )
+from repogate.nft.layout import GateRule, gate_layout
 from repogate.nft.render import render
 from repogate.plan import diff
 from tests.unit.conftest import base_dict, sync
@@ -147,54 +150,46 @@ def test_build_chain() -> None:
     }
 
 
+def match(protocol: str, field: str, right: Any) -> Json:
+    return {
+        "match": {
+            "op": "==",
+            "left": {"payload": {"protocol": protocol, "field": field}},
+            "right": right,
+        }
+    }
+
+
 def test_allow_rule_shape() -> None:
-    rule = RuleSpec(4, "dest_bb_v4", (22, 443), "allowed_bb", "client_a_v4_net", "allow a to bb")
-    assert build_rule("repogate", rule, "0123456789ab") == {
+    """In a destination's chain the jump already matched the destination and its ports."""
+    spec = RuleSpec(4, "dest_bb_v4", (22, 443), "allowed_bb", "client_a_v4_net", "allow a to bb")
+    assert build_rule("repogate", "gate_bb_v4", GateRule(spec, ()), "0123456789ab") == {
         **TABLE,
-        "chain": "gate",
+        "chain": "gate_bb_v4",
         "expr": [
-            {
-                "match": {
-                    "op": "==",
-                    "left": {"payload": {"protocol": "ip", "field": "saddr"}},
-                    "right": "@client_a_v4_net",
-                }
-            },
-            {
-                "match": {
-                    "op": "==",
-                    "left": {"payload": {"protocol": "ip", "field": "daddr"}},
-                    "right": "@dest_bb_v4",
-                }
-            },
-            {
-                "match": {
-                    "op": "==",
-                    "left": {"payload": {"protocol": "tcp", "field": "dport"}},
-                    "right": {"set": [22, 443]},
-                }
-            },
+            match("ip", "saddr", "@client_a_v4_net"),
             {"counter": "allowed_bb"},
             {"accept": None},
         ],
         "comment": "allow a to bb [0123456789ab]",
     }
+    narrower = build_rule("repogate", "gate_bb_v4", GateRule(spec, (22, 443)), "d")
+    assert narrower["expr"][1] == match("tcp", "dport", {"set": [22, 443]})
 
 
 def test_deny_rule_is_a_tcp_reset_without_source_match() -> None:
-    rule = RuleSpec(6, "dest_bb_v6", (22,), "denied_bb", None, "refuse others to bb")
-    built = build_rule("repogate", rule, "d1")
-    expr = built["expr"]
-    assert expr[0]["match"]["left"] == {"payload": {"protocol": "ip6", "field": "daddr"}}
-    assert expr[1]["match"]["right"] == 22  # one port: a plain value, not a set
-    assert expr[2] == {"counter": "denied_bb"}
-    assert expr[3] == {"reject": {"type": "tcp reset"}}
-    assert len(expr) == 4
-    assert not any("saddr" in json.dumps(e) for e in expr)
+    spec = RuleSpec(6, "dest_bb_v6", (22,), "denied_bb", None, "refuse others to bb")
+    built = build_rule("repogate", "gate_bb_v6", GateRule(spec, ()), "d1")
+    # No port test left to say TCP, so the rule says it, as nft would add it itself.
+    l4proto = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}
+    assert built["expr"] == [l4proto, {"counter": "denied_bb"}, {"reject": {"type": "tcp reset"}}]
     assert built["comment"] == "refuse others to bb [d1]"
+    with_port = build_rule("repogate", "gate_bb_v6", GateRule(spec, (22,)), "d1")["expr"]
+    assert with_port[0] == match("tcp", "dport", 22)  # one port: a plain value, not a set
+    assert len(with_port) == 3
 
 
-def test_build_rules_ends_with_jumps(desired: Desired) -> None:
+def test_build_rules_in_the_layout(desired: Desired) -> None:
     state = desired(
         parse_config(
             {
@@ -206,15 +201,37 @@ def test_build_rules_ends_with_jumps(desired: Desired) -> None:
     )
     commands = build_rules(state)
     rules = [c["add"]["rule"] for c in commands]
-    assert [r["chain"] for r in rules] == ["gate"] * len(state.rules) + ["forward", "output"]
+    per_family = len(state.rules) // 2
+    assert [r["chain"] for r in rules] == (
+        ["gate_bb_v4"] * per_family + ["gate_bb_v6"] * per_family + ["gate"] * 2
+    ) + ["forward", "output"]
     digest = state.rules_digest
     assert rules[-1] == {
         **TABLE,
         "chain": "output",
-        "expr": [{"jump": {"target": "gate"}}],
+        "expr": [match("tcp", "dport", 22), {"jump": {"target": "gate"}}],
         "comment": f"repogate [{digest}]",
     }
+    assert rules[-4] == {
+        **TABLE,
+        "chain": "gate",
+        "expr": [match("ip", "daddr", "@dest_bb_v4"), {"jump": {"target": "gate_bb_v4"}}],
+        "comment": f"to gate_bb_v4 [{digest}]",
+    }
     assert all(r["comment"].endswith(f" [{digest}]") for r in rules)
+
+
+def test_the_hook_tests_up_to_three_ports_one_by_one(desired: Desired) -> None:
+    def jumps(ports: list[int]) -> list[Any]:
+        config = {
+            "destinations": {"bb": {"networks": ["192.0.2.0/24"], "ports": ports}},
+            "clients": [{"name": "a", "type": "static", "addresses": ["10.0.0.1"]}],
+        }
+        rules = [c["add"]["rule"] for c in build_rules(desired(parse_config(config)))]
+        return [r["expr"][0]["match"]["right"] for r in rules if r["chain"] == "forward"]
+
+    assert jumps([443, 22, 7999]) == [22, 443, 7999]
+    assert jumps([22, 443, 7999, 8443]) == [{"set": [22, 443, 7999, 8443]}]
 
 
 def test_build_delete_table() -> None:
@@ -236,9 +253,11 @@ def test_full_plan_order(base_config: Config, desired: Desired) -> None:
     assert last[("add", "element")] < first[("add", "chain")]
     assert last[("add", "chain")] < first[("add", "rule")]
     assert kinds[-1] == ("add", "rule")
-    assert kinds.count(("add", "rule")) == len(state.rules) + 1
+    # the rules, two jumps from gate (one per family), one from the hook per port
+    assert kinds.count(("add", "rule")) == len(state.rules) + 2 + 2
     chains = [c["add"]["chain"]["name"] for c in commands if kind_of(c) == ("add", "chain")]
-    assert chains == ["gate", "forward"]  # the jump target exists before the base chain
+    # jump targets exist before the chains that jump to them
+    assert chains == ["gate_bitbucket_v4", "gate_bitbucket_v6", "gate", "forward"]
     json.dumps(transaction(commands))  # everything is plain JSON
 
 
@@ -284,8 +303,9 @@ def test_teardown_and_rebuild_order() -> None:
         ("add", "element"),
         ("add", "element"),
         ("add", "chain"),
-        ("add", "rule"),
-        ("add", "rule"),
+        ("add", "rule"),  # gate_b_v4's one rule
+        ("add", "rule"),  # gate's jump to it
+        ("add", "rule"),  # forward's jump on port 22
     ]
 
 
@@ -308,7 +328,7 @@ def test_a_group_bound_to_interfaces_is_admitted_only_from_them(
     office = next(r for r in allow if r["comment"].startswith("allow office"))
     assert office["expr"][0]["match"]["right"] == {"set": ["eth1", "eth2"]}
     refuse = next(r for r in allow if r["comment"].startswith("refuse"))
-    assert "meta" not in str(refuse["expr"])  # the deny rule holds for every interface
+    assert "iifname" not in str(refuse["expr"])  # the deny rule holds for every interface
     text = render(result.desired)
     assert 'iifname "wg0" ip saddr @client_vpn_v4_addr' in text
     assert 'iifname { "eth1", "eth2" } ip saddr @client_office_v4_addr' in text
@@ -324,3 +344,88 @@ def test_interfaces_are_checked_with_their_key_path(config_dict: dict[str, Any])
     text = str(error.value)
     assert "clients[0].interfaces[0]: 'eth/1' is not an interface name" in text
     assert "clients[0].interfaces[1]" in text
+
+
+# --- the layout keeps every verdict ---
+
+
+@dataclass(frozen=True)
+class Packet:
+    family: int
+    sources: frozenset[str]  # the client sets holding its source address
+    destinations: frozenset[str]  # the destination sets holding its destination address
+    port: int
+    iifname: str
+
+
+def _admits(spec: RuleSpec, packet: Packet, ports: tuple[int, ...]) -> bool:
+    return (
+        spec.family == packet.family
+        and (not spec.interfaces or packet.iifname in spec.interfaces)
+        and (spec.client_set is None or spec.client_set in packet.sources)
+        and (not ports or packet.port in ports)
+    )
+
+
+def flat_verdict(state: DesiredState, packet: Packet) -> tuple[str, str] | None:
+    """The flat layout before nft.layout: every rule, client and destination and ports."""
+    for spec in state.rules:
+        if spec.destination_set in packet.destinations and _admits(spec, packet, spec.ports):
+            return spec.verdict, spec.counter
+    return None
+
+
+def layout_verdict(state: DesiredState, packet: Packet) -> tuple[str, str] | None:
+    layout = gate_layout(state.rules)
+    if not any(packet.port in ports for ports in layout.hook_ports):
+        return None
+    for chain in layout.destinations:
+        if chain.family != packet.family or chain.destination_set not in packet.destinations:
+            continue
+        if chain.ports and packet.port not in chain.ports:
+            continue
+        for rule in chain.rules:  # a jump: no match here returns to gate's next rule
+            if _admits(rule.spec, packet, rule.ports):
+                return rule.spec.verdict, rule.spec.counter
+    return None
+
+
+def test_every_packet_gets_the_verdict_of_the_flat_layout(desired: Desired) -> None:
+    config = parse_config(
+        {
+            "destinations": {
+                "bb": {"networks": ["192.0.2.0/24", "2001:db8:b::/48"], "ports": [22, 443]},
+                "mirror": {"networks": ["192.0.2.0/25"], "ports": [443, 8080]},  # overlaps bb
+            },
+            "clients": [
+                {"name": "a", "type": "static", "addresses": ["10.0.0.1"], "interfaces": ["wg0"]},
+                {"name": "b", "type": "static", "addresses": ["10.1.0.0/16", "2001:db8::1"]},
+            ],
+            "rules": [
+                {"clients": ["a"], "destinations": ["bb", "mirror"]},
+                {"clients": ["b"], "destinations": ["bb"], "ports": [22]},
+                {"clients": ["b"], "destinations": ["mirror"], "ports": [8080]},
+            ],
+        }
+    )
+    state = desired(config)
+    seen: set[tuple[str, str] | None] = set()
+    for family in (4, 6):
+        sources = [s for s in state.sets if s.startswith("client_") and f"_v{family}_" in s]
+        destinations = [s for s in state.sets if s.startswith("dest_") and s.endswith(f"{family}")]
+        for clients, dests, port, iifname in itertools.product(
+            subsets(sources), subsets(destinations), (22, 443, 8080, 9), ("wg0", "eth0")
+        ):
+            packet = Packet(family, clients, dests, port, iifname)
+            verdict = flat_verdict(state, packet)
+            assert layout_verdict(state, packet) == verdict, packet
+            seen.add(verdict)
+    assert len(seen) == 5  # accepted and refused for both, and untouched: the test has reach
+
+
+def subsets(items: list[str]) -> list[frozenset[str]]:
+    return [
+        frozenset(chosen)
+        for size in range(len(items) + 1)
+        for chosen in itertools.combinations(items, size)
+    ]

@@ -22,7 +22,7 @@ from repogate.model import (
 )
 from repogate.nft.builders import build_plan
 from repogate.plan import (
-    base_chain_matches,
+    chain_matches,
     destination_elements,
     diff,
     enforced_entries,
@@ -31,6 +31,9 @@ from repogate.plan import (
 
 Desired = Callable[..., DesiredState]
 KernelFrom = Callable[..., KernelTable]
+
+# The chains of the base config, jump targets first (nft.layout).
+CHAINS = ("gate_bitbucket_v4", "gate_bitbucket_v6", "gate", "forward")
 
 GROUP_SETS = (
     "client_office_v4_addr",
@@ -197,7 +200,7 @@ def test_diff_from_nothing_creates_everything(base_config: Config, desired: Desi
     assert plan.create_table
     assert set(plan.add_sets) == set(state.sets)
     assert plan.add_counters == ("allowed_bitbucket", "denied_bitbucket")
-    assert plan.add_chains == ("gate", "forward")
+    assert plan.add_chains == CHAINS
     assert plan.rewrite_rules
     assert not (plan.delete_sets or plan.delete_chains or plan.flush_chains)
     changes = {change.name: change for change in plan.set_changes}
@@ -213,7 +216,7 @@ def test_diff_from_empty_table_does_not_create_it(base_config: Config, desired: 
     plan = diff(state, KernelTable("repogate", {}, {}, {}))
     assert not plan.create_table
     assert set(plan.add_sets) == set(state.sets)
-    assert set(plan.add_chains) == {"gate", "forward"}
+    assert set(plan.add_chains) == set(CHAINS)
     assert plan.rewrite_rules
 
 
@@ -274,7 +277,7 @@ def test_adding_a_group_adds_sets_and_rewrites_rules(
     }
     assert plan.delete_sets == ()
     assert plan.rewrite_rules
-    assert plan.flush_chains == ("forward", "gate")
+    assert plan.flush_chains == tuple(sorted(CHAINS))
     assert plan.set_changes == (
         SetChange("client_ci_v4_addr", frozenset({"10.40.0.1"}), frozenset()),
     )
@@ -341,11 +344,11 @@ def test_base_chain_with_wrong_hook_is_recreated(
     ("field", "value"),
     [("priority", -100), ("policy", "drop"), ("chain_type", "route"), ("hook", None)],
 )
-def test_base_chain_matches(field: str, value: object) -> None:
+def test_chain_matches(field: str, value: object) -> None:
     good = KernelChain("forward", "forward", "filter", 0, "accept", ())
-    assert base_chain_matches(good, "forward")
-    assert not base_chain_matches(good, "output")
-    assert not base_chain_matches(dataclasses.replace(good, **{field: value}), "forward")
+    assert chain_matches(good, "forward")
+    assert not chain_matches(good, "output")
+    assert not chain_matches(dataclasses.replace(good, **{field: value}), "forward")
 
 
 def test_gate_chain_with_a_hook_is_recreated(
@@ -440,8 +443,53 @@ def test_drifted_rules_are_rewritten(
     drifted = dataclasses.replace(gate, rule_comments=(*gate.rule_comments, None))
     plan = diff(state, with_chains(current, gate=drifted))
     assert plan.rewrite_rules
-    assert plan.flush_chains == ("forward", "gate")
+    assert plan.flush_chains == tuple(sorted(CHAINS))
     assert plan.add_chains == plan.delete_chains == ()
+
+
+def test_drifted_destination_chain_is_rewritten(
+    base_config: Config, desired: Desired, kernel_from: KernelFrom
+) -> None:
+    state = desired(base_config)
+    current = kernel_from(state)
+    chain = current.chains["gate_bitbucket_v6"]
+    drifted = dataclasses.replace(chain, rule_comments=chain.rule_comments[:-1])  # no refusal
+    plan = diff(state, with_chains(current, gate_bitbucket_v6=drifted))
+    assert plan.rewrite_rules
+    assert plan.add_chains == plan.delete_chains == ()
+    missing = diff(state, with_chains(current, gate_bitbucket_v4=None))
+    assert missing.add_chains == ("gate_bitbucket_v4",)
+    assert missing.rewrite_rules
+    hooked = dataclasses.replace(chain, hook="forward", chain_type="filter", priority=0)
+    plan = diff(state, with_chains(current, gate_bitbucket_v6=hooked))
+    assert plan.delete_chains == plan.add_chains == ("gate_bitbucket_v6",)
+
+
+def test_a_table_in_the_flat_layout_is_rewritten_in_one_plan(
+    base_config: Config, desired: Desired, kernel_from: KernelFrom
+) -> None:
+    """The layout before nft.layout: every rule in `gate`, one plain jump per hook. An
+    upgrade adds the destination chains and rewrites the rules; no set or counter moves."""
+    state = desired(base_config)
+    current = kernel_from(state)
+    old = "0123456789ab"  # another digest: the flat layout's rules were fingerprinted alike
+    flat = {
+        "gate": KernelChain(
+            "gate", None, None, None, None, tuple(f"{rule.comment} [{old}]" for rule in state.rules)
+        ),
+        "forward": dataclasses.replace(
+            current.chains["forward"], rule_comments=(f"repogate [{old}]",)
+        ),
+    }
+    plan = diff(state, dataclasses.replace(current, chains=flat))
+    assert plan.add_chains == ("gate_bitbucket_v4", "gate_bitbucket_v6")
+    assert plan.delete_chains == ()
+    assert plan.flush_chains == ("forward", "gate")
+    assert plan.rewrite_rules
+    assert not (plan.add_sets or plan.delete_sets or plan.set_changes or plan.add_counters)
+    commands = build_plan(plan, state)
+    kinds = [next(iter(next(iter(c.values())))) for c in commands]
+    assert kinds == ["chain"] * 4 + ["rule"] * (len(state.rules) + 2 + 2)
 
 
 def test_missing_gate_chain_is_added(

@@ -23,6 +23,7 @@ from repogate.model import (
     SetChange,
 )
 from repogate.nft.backend import RecordingBackend
+from repogate.nft.layout import chain_names, gate_layout
 from repogate.report import describe
 from tests.unit.conftest import TEST_MARK, engine_for, sync
 
@@ -97,11 +98,16 @@ def assert_enforced(kernel: Any, state: DesiredState) -> None:
         assert held["sets"][name]["interval"] == spec.interval
     assert set(held["counters"]) == {*state.counters, "repogate_owner"}
     assert held["counters"]["repogate_owner"][2] == state.owner  # the owner mark
-    assert set(held["chains"]) == {"gate", *state.hooks}
-    assert len(held["chains"]["gate"]["rules"]) == len(state.rules)
+    layout = gate_layout(state.rules)
+    assert set(held["chains"]) == set(chain_names(state))
+    assert sum(len(held["chains"][c.name]["rules"]) for c in layout.destinations) == len(
+        state.rules
+    )
+    assert len(held["chains"]["gate"]["rules"]) == len(layout.destinations)
     for hook in state.hooks:
         assert held["chains"][hook]["base"]["hook"] == hook
-        assert held["chains"][hook]["rules"][0]["expr"] == [{"jump": {"target": "gate"}}]
+        jumps = [rule["expr"][-1] for rule in held["chains"][hook]["rules"]]
+        assert jumps == [{"jump": {"target": "gate"}}] * len(layout.hook_ports)
 
 
 def test_first_sync_creates_the_table_in_one_transaction(base_config: Config, kernel: Any) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from repogate.model import DesiredState, Plan, RuleSpec, SetChange, SetSpec, SnatSpec
+from repogate.model import DesiredState, Plan, SetChange, SetSpec, SnatSpec
 from repogate.nft import names
+from repogate.nft.layout import DestinationChain, GateRule, gate_layout
 from repogate.nft.names import jump_comment, rule_comment
 
 Json = dict[str, Any]
@@ -99,60 +100,83 @@ def build_chain(table: str, name: str) -> Json:
 
 
 def build_rules(desired: DesiredState) -> list[Json]:
+    """Every rule of the owned chains in the layout nft.layout describes."""
     table = desired.table
     digest = desired.rules_digest
+    layout = gate_layout(desired.rules)
     commands: list[Json] = []
-    for rule in desired.rules:
-        commands.append({"add": {"rule": build_rule(table, rule, digest)}})
+    for chain in layout.destinations:
+        for rule in chain.rules:
+            commands.append({"add": {"rule": build_rule(table, chain.name, rule, digest)}})
+    for chain in layout.destinations:
+        commands.append({"add": {"rule": build_dispatch(table, chain, digest)}})
     for hook in desired.hooks:
-        jump = {
-            **_chain_ref(table, hook),
-            "expr": [{"jump": {"target": names.GATE_CHAIN}}],
-            "comment": jump_comment(digest),
-        }
-        commands.append({"add": {"rule": jump}})
+        for ports in layout.hook_ports:
+            jump = {
+                **_chain_ref(table, hook),
+                "expr": [_ports(ports), {"jump": {"target": names.GATE_CHAIN}}],
+                "comment": jump_comment(digest),
+            }
+            commands.append({"add": {"rule": jump}})
     for snat in desired.snat:
         commands.append({"add": {"rule": build_snat(table, snat, digest)}})
     return commands
 
 
+def build_dispatch(table: str, chain: DestinationChain, digest: str) -> Json:
+    """The rule of `gate` sending packets to one destination set into its chain."""
+    protocol = "ip" if chain.family == 4 else "ip6"
+    expr = [_match(protocol, "daddr", f"@{chain.destination_set}")]
+    if chain.ports:
+        expr.append(_ports(chain.ports))
+    return {
+        **_chain_ref(table, names.GATE_CHAIN),
+        "expr": [*expr, {"jump": {"target": chain.name}}],
+        "comment": rule_comment(chain.comment, digest),
+    }
+
+
 def build_snat(table: str, rule: SnatSpec, digest: str) -> Json:
     protocol = "ip" if rule.family == 4 else "ip6"
-    ports: Any = rule.ports[0] if len(rule.ports) == 1 else {"set": list(rule.ports)}
     return {
         **_chain_ref(table, names.NAT_CHAIN),
         "expr": [
             _match(protocol, "daddr", f"@{rule.destination_set}"),
-            _match("tcp", "dport", ports),
+            _ports(rule.ports),
             {"snat": {"family": protocol, "addr": rule.address}},
         ],
         "comment": rule_comment(rule.comment, digest),
     }
 
 
-def build_rule(table: str, rule: RuleSpec, digest: str) -> Json:
-    protocol = "ip" if rule.family == 4 else "ip6"
+def build_rule(table: str, chain: str, rule: GateRule, digest: str) -> Json:
+    """A rule of a destination's chain: the jump into it already matched the destination."""
+    spec = rule.spec
+    protocol = "ip" if spec.family == 4 else "ip6"
     expr: list[Json] = []
-    if rule.interfaces:
+    if spec.interfaces:
         names_: Any = (
-            rule.interfaces[0] if len(rule.interfaces) == 1 else {"set": list(rule.interfaces)}
+            spec.interfaces[0] if len(spec.interfaces) == 1 else {"set": list(spec.interfaces)}
         )
         expr.append({"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": names_}})
-    if rule.client_set is not None:
-        expr.append(_match(protocol, "saddr", f"@{rule.client_set}"))
-    expr.append(_match(protocol, "daddr", f"@{rule.destination_set}"))
-    ports: Any = rule.ports[0] if len(rule.ports) == 1 else {"set": list(rule.ports)}
-    expr.append(_match("tcp", "dport", ports))
-    expr.append({"counter": rule.counter})
-    if rule.verdict == "accept":
+    if spec.client_set is not None:
+        expr.append(_match(protocol, "saddr", f"@{spec.client_set}"))
+    if rule.ports:
+        expr.append(_ports(rule.ports))
+    elif spec.verdict == "reject":
+        # A TCP reset needs TCP in the rule; nft would add this test itself, and
+        # writing it keeps the transaction, `render` and the kernel's listing alike.
+        expr.append({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}})
+    expr.append({"counter": spec.counter})
+    if spec.verdict == "accept":
         expr.append({"accept": None})
     else:
         # A TCP reset makes git fail at once with "connection refused" instead of hanging.
         expr.append({"reject": {"type": "tcp reset"}})
     return {
-        **_chain_ref(table, names.GATE_CHAIN),
+        **_chain_ref(table, chain),
         "expr": expr,
-        "comment": rule_comment(rule.comment, digest),
+        "comment": rule_comment(spec.comment, digest),
     }
 
 
@@ -163,6 +187,11 @@ def build_delete_table(table: str) -> list[Json]:
 def _match(protocol: str, field: str, right: Any) -> Json:
     left = {"payload": {"protocol": protocol, "field": field}}
     return {"match": {"op": "==", "left": left, "right": right}}
+
+
+def _ports(ports: tuple[int, ...]) -> Json:
+    right: Any = ports[0] if len(ports) == 1 else {"set": list(ports)}
+    return _match("tcp", "dport", right)
 
 
 def _elements(elements: frozenset[str], interval: bool) -> list[Any]:

@@ -6,8 +6,9 @@ table inet <table>
   set client_<group>_v4_net    ipv4_addr, interval    networks, collapsed
   set client_<group>_v6_addr / client_<group>_v6_net  the same for IPv6
   set dest_<dest>_v4 / dest_<dest>_v6                 interval
-  chain gate                   the allow and deny rules
-  chain forward / output       base chains that only jump to gate
+  chain gate_<dest>_v4 / _v6   a destination set's allow and deny rules
+  chain gate                   jumps to them by destination set (nft.layout)
+  chain forward / output       base chains that jump to gate on the gated ports
   chain egress_nat             nat at srcnat ([egress] snat = true): admitted flows to
                                protected destinations leave from the declared address
   counter repogate_owner       comment "repogate instance <id>": the ownership mark
@@ -16,16 +17,18 @@ table inet <table>
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from repogate.addresses import Family
-from repogate.model import DesiredState
+from repogate.model import Hook
 
 SetKind = Literal["addr", "net"]
 SET_KINDS: tuple[SetKind, ...] = ("addr", "net")  # single addresses (hash), networks
 Verdict = Literal["allowed", "denied"]
 GATE_CHAIN = "gate"
 NAT_CHAIN = "egress_nat"
+HOOKS: tuple[Hook, ...] = get_args(Hook)
+DESTINATION_SET_PREFIX = "dest_"
 
 
 @dataclass(frozen=True)
@@ -38,17 +41,12 @@ class BaseChain:
 
 
 def base_chain(name: str) -> BaseChain | None:
-    """The hook of an owned base chain; None for the regular chain `gate`."""
-    if name == GATE_CHAIN:
-        return None
+    """The hook of an owned base chain; None for the regular chains (gate and gate_*)."""
     if name == NAT_CHAIN:
         return BaseChain("postrouting", "nat", 100)  # srcnat
-    return BaseChain(name, "filter", 0)  # forward, output
-
-
-def chain_names(desired: DesiredState) -> list[str]:
-    """The chains the desired table holds, the gate first."""
-    return [GATE_CHAIN, *desired.hooks, *([NAT_CHAIN] if desired.snat else [])]
+    if name in HOOKS:
+        return BaseChain(name, "filter", 0)
+    return None
 
 
 # The ownership mark: a named counter whose comment carries this repogate's instance
@@ -74,7 +72,12 @@ def client_set(group: str, family: Family, kind: SetKind) -> str:
 
 
 def destination_set(destination: str, family: Family) -> str:
-    return f"dest_{destination}_v{family}"
+    return f"{DESTINATION_SET_PREFIX}{destination}_v{family}"
+
+
+def destination_chain(destination_set_name: str) -> str:
+    """The chain holding one destination set's rules: dest_<d>_v4 -> gate_<d>_v4."""
+    return f"{GATE_CHAIN}_{destination_set_name.removeprefix(DESTINATION_SET_PREFIX)}"
 
 
 def counter(destination: str, verdict: Verdict) -> str:
@@ -89,16 +92,3 @@ def rule_comment(rule_comment_text: str, digest: str) -> str:
 
 def jump_comment(digest: str) -> str:
     return f"repogate [{digest}]"
-
-
-def expected_rule_comments(desired: DesiredState) -> dict[str, tuple[str, ...]]:
-    """The comments each owned chain should carry, in order, for the desired rules."""
-    digest = desired.rules_digest
-    comments: dict[str, tuple[str, ...]] = {
-        GATE_CHAIN: tuple(rule_comment(rule.comment, digest) for rule in desired.rules)
-    }
-    for hook in desired.hooks:
-        comments[hook] = (jump_comment(digest),)
-    if desired.snat:
-        comments[NAT_CHAIN] = tuple(rule_comment(rule.comment, digest) for rule in desired.snat)
-    return comments

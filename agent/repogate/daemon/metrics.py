@@ -180,6 +180,12 @@ class Metrics:
             registry=r,
         )
         self.reload_ok.set(1)
+        self.state_saved = Gauge(
+            "repogate_state_saved",
+            "1 while the state file (last known good entries) saves; 0: they live in memory "
+            "only, and a restart would start without them (status says why).",
+            registry=r,
+        )
         build = Gauge("repogate_build_info", "repogate's version.", ["version"], registry=r)
         build.labels(version=__version__).set(1)
         # Present from the start at 0, so rate() and increase() see the first event.
@@ -203,6 +209,10 @@ class Metrics:
     def known_sources(self, keys: Iterable[str]) -> None:
         for key in keys:
             self.source_rejected.labels(source=key)
+
+    def watch_state_saves(self, saved: Callable[[], bool]) -> None:
+        """Read at scrape time: whether the last save of the state file succeeded."""
+        self.state_saved.set_function(lambda: float(saved()))
 
     def watch_traffic(self, read: Callable[[], Mapping[str, CounterValue]]) -> None:
         """Export the table's named counters, read at each scrape through `read`."""

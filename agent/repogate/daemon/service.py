@@ -128,6 +128,7 @@ class Daemon:
         self.engine = Engine(backend, store, self.audit, Instance.load(state_dir), clock=self.clock)
         self.generation = self.sources.configure(config, store)
         self.metrics.watch_traffic(self._read_traffic)
+        self.metrics.watch_state_saves(lambda: self.engine.store.save_error is None)
         if not self._start_metrics(config):
             return EXIT_FAILURE
         # Local sources now; network sources start from their last known good (or the

@@ -44,7 +44,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.run import INSTALLED_PYTHON, REPEATS, addresses, namespace, python_in  # noqa: E402
-from repogate.daemon.reconciler import DEBOUNCE  # noqa: E402
 
 SIZES = (10_000, 100_000)
 PORT = 10419
@@ -353,11 +352,6 @@ def main() -> int:
             f"{med(small.size, 'from_rename_s') * 1000:.0f} ms, of which the poll wait "
             f"{med(large.size, 'poll_wait_s') * 1000:.0f} ms and "
             f"{med(small.size, 'poll_wait_s') * 1000:.0f} ms (the 1 s interval's phase)"
-        )
-        l_work, s_work = l_refresh - DEBOUNCE, s_refresh - DEBOUNCE
-        print(
-            f"  less the reconciler's fixed {DEBOUNCE * 1000:.0f} ms debounce too: "
-            f"{l_work * 1000:.0f} ms and {s_work * 1000:.0f} ms, ratio {l_work / s_work:.2f}"
         )
         l_rec, s_rec = med(large.size, "reconcile_s"), med(small.size, "reconcile_s")
         print(

@@ -39,7 +39,6 @@ sys.path[:0] = [str(REPO), str(REPO / "agent")]
 from bench import peers_dns, peers_lists  # noqa: E402
 from bench.peers_lab import namespace, spread_addresses  # noqa: E402
 from bench.peers_lists import ListPeer, Sample  # noqa: E402
-from repogate.daemon.reconciler import DEBOUNCE  # noqa: E402
 
 SENTINEL = "192.0.2.1"  # in every list from the start, so no peer ever starts empty
 NFT_DNS_HOME = "github:azlux/nft-dns"
@@ -83,15 +82,6 @@ def lists(args: argparse.Namespace, work: Path) -> None:
                 peer.change(start)
     report(f"load {args.size:,}", loads, peers[0].name)
     report(f"change {args.change} ({half} out, {half} in)", changes, peers[0].name)
-    rg = next(p.name for p in peers if p.name.startswith("repogate"))
-    debounce = DEBOUNCE
-    for what, samples in (("load", loads), ("change", changes)):
-        less = median(samples[rg]) - debounce
-        print(
-            f"  repogate's {what} less its reconciler's fixed {debounce * 1000:.0f} ms debounce "
-            f"(a burst of refreshes coalesces into one transaction): "
-            f"{less / median(samples[peers[0].name]):.1f}x the floor"
-        )
 
 
 def median(samples: Sequence[Sample]) -> float:

@@ -242,6 +242,7 @@ def stand_in_metrics(elapsed: float, now: float) -> str:
             [({"result": "ok"}, math.floor(t / 4)), ({"result": "failed"}, 1)],
         ),
         *_family("repogate_config_last_reload_successful", "gauge", [({}, 1)]),
+        *_family("repogate_state_saved", "gauge", [({}, 1)]),
         *_family(
             "repogate_egress_address_info",
             "gauge",

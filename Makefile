@@ -87,7 +87,7 @@ deb:
 	fi
 	packaging/build-deb dist
 
-# The fault suite: every fault in tests/e2e/test_faults.py against the real daemon in the
+# The fault suite: every fault in tests/e2e/test_faults*.py against the real daemon in the
 # lab, with continuity loops counting wrong-state moments; prints docs/reliability.md's
 # table. `make test` runs the ones marked fault_short.
 proof: deps

@@ -22,9 +22,9 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from lab.errors import LabError
+from lab.managed import Managed
 from lab.netns import in_netns
 
 NAMED = "named"
@@ -33,7 +33,7 @@ READY = "running"  # named logs it after every (re)load, once its zones are load
 
 
 @dataclass
-class BindServer:
+class BindServer(Managed):
     """named, authoritative for `zone`: `hosts` (name -> addresses), `cnames` (alias -> target)."""
 
     workdir: Path
@@ -112,18 +112,6 @@ class BindServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
-
-    def __enter__(self) -> BindServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def log(self) -> str:
         try:

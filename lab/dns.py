@@ -29,10 +29,10 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 from lab.errors import LabError
+from lab.managed import Managed
 from lab.netns import in_netns
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ class HostRecord:
 
 
 @dataclass
-class DnsServer:
+class DnsServer(Managed):
     """dnsmasq serving `hosts` (name -> addresses, changeable), `records` and `cnames`."""
 
     workdir: Path
@@ -143,18 +143,6 @@ class DnsServer:
 
     def resume(self) -> None:
         self._signal(signal.SIGCONT)
-
-    def __enter__(self) -> DnsServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def running(self) -> bool:

@@ -28,10 +28,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 from lab.errors import LabError
+from lab.managed import Managed
 from lab.netns import in_netns, run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ COUNTER_TABLE = "rg_dns_tcp"
 
 
 @dataclass
-class SlowRelay:
+class SlowRelay(Managed):
     """A UDP relay on `listen` (address, port) to `upstream`, in `netns`, delaying queries."""
 
     netns: str | None
@@ -78,18 +78,6 @@ class SlowRelay:
             process.wait(timeout=5)
         if process.stdout is not None:
             process.stdout.close()
-
-    def __enter__(self) -> SlowRelay:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _pipes(self) -> tuple[IO[str], IO[str]]:
         if self.process is None or self.process.stdin is None or self.process.stdout is None:

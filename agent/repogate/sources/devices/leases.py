@@ -16,7 +16,6 @@ nobody (expired, released, declined, DHCPv6) are returned as `ignored`, so
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
@@ -27,9 +26,13 @@ from repogate.addresses import Rejected, canonical_address, element_order
 from repogate.errors import SourceError
 from repogate.sources.devices import Sighting
 from repogate.sources.devices.macs import InvalidMacError, normalise_mac
+from repogate.sources.devices.rewrites import (  # noqa: F401 - the policy, named here too
+    CUT_SHORT,
+    READ_ATTEMPTS,
+    REREAD_PAUSE,
+    read_whole,
+)
 
-READ_ATTEMPTS = 3  # reads of a file found cut short, REREAD_PAUSE seconds apart
-REREAD_PAUSE = 0.05
 KEA_INFINITE = 0xFFFFFFFF  # Kea's valid_lifetime for a lease that never expires
 _KEA_REQUIRED = ("address", "hwaddr", "valid_lifetime", "expire")
 _KEA_STATES = {1: "declined", 2: "expired-reclaimed", 3: "released"}
@@ -82,23 +85,13 @@ def _read_dnsmasq(path: Path) -> bytes:
     """The file as dnsmasq finished writing it.
 
     dnsmasq rewrites it in place (ftruncate, then its buffer written out) and ends every
-    line with a newline, so a read that is empty or ends mid-line may have met a rewrite:
-    read again after a pause. Still cut short after the last attempt (a full disk, or a
-    rewrite that never ends), the read fails, and the group keeps its last good entries,
-    instead of revoking every device whose line came after the cut (found by the fault
-    suite: tests/e2e/test_faults_files.py). Still empty is a file with no leases.
+    line with a newline, so a read that is empty or ends mid-line may have met a rewrite
+    (see `rewrites`; found by tests/e2e/test_faults_files.py). Still empty after the
+    last read is a file with no leases.
     """
-    for _ in range(READ_ATTEMPTS - 1):
-        data = _read(path)
-        if data.endswith(b"\n"):
-            return data
-        time.sleep(REREAD_PAUSE)
-    data = _read(path)
+    data = read_whole(lambda: _read(path), lambda data: data.endswith(b"\n"))
     if data and not data.endswith(b"\n"):
-        raise SourceError(
-            f"{path} ends mid-line in {READ_ATTEMPTS} reads {REREAD_PAUSE:g} s apart "
-            "(cut short: a full disk, or being rewritten)"
-        )
+        raise SourceError(f"{path} ends mid-line {CUT_SHORT}")
     return data
 
 

@@ -26,13 +26,17 @@ from pathlib import Path
 from repogate.addresses import Rejected, canonical_address, element_order
 from repogate.errors import SourceError
 from repogate.sources.devices import Sighting
+from repogate.sources.devices.rewrites import (  # noqa: F401 - the policy, named here too
+    CUT_SHORT,
+    READ_ATTEMPTS,
+    REREAD_PAUSE,
+    read_whole,
+)
 
 MAX_STATUS = 32 * 1024 * 1024
 _KNOWN = frozenset({"TITLE", "TIME", "HEADER", "CLIENT_LIST", "ROUTING_TABLE", "GLOBAL_STATS"})
 _SAMPLE = 10
 _TORN = "not a status line (a torn rewrite?)"
-READ_ATTEMPTS = 3  # reads of a file found cut short or torn, REREAD_PAUSE seconds apart
-REREAD_PAUSE = 0.05
 
 
 @dataclass(frozen=True)
@@ -65,22 +69,15 @@ def read_status_file(
     """Read and parse a status file; SourceError if unreadable or older than `max_age`.
 
     `max_age` must exceed the server's `status <file> <seconds>` interval (default 60).
-    A read without END, or with a torn seam, may have met a rewrite: it is read again
-    after a pause. Still without END after the last attempt (cut short: a full disk),
-    the read fails and the group keeps its last good entries, instead of revoking every
-    client whose row came after the cut (found by tests/e2e/test_faults_files.py).
+    A read without END, or with a torn seam, may have met a rewrite and is read again
+    (see `rewrites`; found by tests/e2e/test_faults_files.py); still without END, it fails.
     """
-    for attempt in range(1, READ_ATTEMPTS + 1):
-        status = parse_status(_read_stable(path), where=str(path), interface=interface)
-        torn = any(r.reason == _TORN for r in status.rejected)
-        if (status.complete and not torn) or attempt == READ_ATTEMPTS:
-            break
-        time.sleep(REREAD_PAUSE)
+    status = read_whole(
+        lambda: parse_status(_read_stable(path), where=str(path), interface=interface),
+        lambda status: status.complete and not any(r.reason == _TORN for r in status.rejected),
+    )
     if not status.complete:
-        raise SourceError(
-            f"{path}: no END line in {READ_ATTEMPTS} reads {REREAD_PAUSE:g} s apart "
-            "(cut short: a full disk, or being rewritten)"
-        )
+        raise SourceError(f"{path}: no END line {CUT_SHORT}")
     if status.updated is None:
         raise SourceError(f"{path}: no TIME line; set `status-version 2` (or 3) on the server")
     if now - status.updated > max_age:
